@@ -1,0 +1,445 @@
+//! The dataflow worker: one timely worker thread that owns every view's dataflow.
+//!
+//! ```text
+//!   ingest gate ──Command::Ingest(epoch, rows)──▶ ┌──────────── worker thread ────────────┐
+//!   engine API ──Command::CreateView / DropView─▶ │ retained events per stream (by time)  │
+//!                                                 │ one differential dataflow per view:   │
+//!                                                 │   input ▸ filter/map ▸ reduce ▸ …     │
+//!                                                 │   ▸ inspect (collect changes) ▸ probe │
+//!                                                 └──────────────┬────────────────────────┘
+//!                                       completed epochs' changes ▼
+//!                                                           ViewStore (readers, subscribers)
+//! ```
+//!
+//! Timely time is the ingest epoch. Batches are fed as they arrive and the worker keeps
+//! stepping, so several epochs are in flight at once; an epoch's changes are published
+//! only once the view's probe has passed it, so readers never see half an epoch.
+//!
+//! The worker keeps every event still within its stream's retention. A new view is
+//! seeded with them, and when the watermark moves on, events that fall out of retention
+//! are retracted from every view, which keeps state bounded.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::VecCollection;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::Scope;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::expr::{eval_all, Scalar};
+use crate::plan::{AggFunc, Aggregate, Node, ViewPlan};
+use crate::schema::{DataType, Stream};
+use crate::store::ViewStore;
+use crate::time::Epoch;
+use crate::value::{Row, Value};
+
+/// An accepted event on its way into the dataflow.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// The row, in stream column order.
+    pub row: Row,
+    /// Its event time (milliseconds).
+    pub ts: i64,
+    /// How far behind the stream's watermark it arrived (0 if it was not late).
+    pub late_by: i64,
+}
+
+/// Events of one stream committed in one epoch.
+#[derive(Debug)]
+pub struct Batch {
+    /// The epoch they were committed in.
+    pub epoch: Epoch,
+    /// Index of the stream in the engine's stream list.
+    pub stream: usize,
+    /// The events.
+    pub events: Vec<Event>,
+    /// The stream's watermark after these events.
+    pub watermark: i64,
+}
+
+/// How long a view accepts late events and keeps events, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewTime {
+    /// Events later than this behind the watermark do not enter the view.
+    pub lateness_ms: i64,
+    /// Events older than this behind the watermark are retracted from the view.
+    pub retention_ms: i64,
+}
+
+/// Work for the dataflow worker.
+pub enum Command {
+    /// Feed committed events.
+    Ingest(Vec<Batch>),
+    /// Build a view's dataflow and seed it with the retained events.
+    CreateView {
+        /// The view.
+        plan: ViewPlan,
+        /// Its time policy (already clamped to its stream's).
+        time: ViewTime,
+        /// Where to say it is running.
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Tear a view's dataflow down.
+    DropView {
+        /// The view's name.
+        name: String,
+        /// Where to say it is gone.
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Stop the worker.
+    Shutdown,
+}
+
+struct RetainedStream {
+    /// Retained events by event time: (row, late_by).
+    events: BTreeMap<i64, Vec<(Row, i64)>>,
+    watermark: i64,
+    retention_ms: i64,
+}
+
+struct ViewRuntime {
+    name: String,
+    stream: usize,
+    time: ViewTime,
+    /// Events with a time below this have been retracted from the view.
+    expired_before: i64,
+    input: InputSession<Epoch, Row, isize>,
+    probe: ProbeHandle<Epoch>,
+    output: Rc<RefCell<Vec<(Row, Epoch, isize)>>>,
+    dataflow: usize,
+    /// The latest epoch published to the store.
+    published: Epoch,
+}
+
+impl ViewRuntime {
+    fn admits(&self, ts: i64, late_by: i64) -> bool {
+        late_by <= self.time.lateness_ms && ts >= self.expired_before
+    }
+}
+
+/// Runs the dataflow worker on the current thread until `Shutdown` or until every
+/// sender is gone.
+pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Receiver<Command>, start_epoch: Epoch) {
+    // timely wants a closure it could share between workers; there is only one
+    let commands = std::sync::Mutex::new(commands);
+    timely::execute_directly(move |worker| {
+        let commands = commands.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retained: Vec<RetainedStream> = streams
+            .iter()
+            .map(|s| RetainedStream { events: BTreeMap::new(), watermark: i64::MIN, retention_ms: s.policy.retention_ms })
+            .collect();
+        let mut views: Vec<ViewRuntime> = Vec::new();
+        // the epoch every input has been advanced to: all epochs below it are closed
+        let mut frontier: Epoch = start_epoch + 1;
+        let mut last_epoch: Epoch = start_epoch;
+
+        loop {
+            let busy = views.iter().any(|v| v.probe.less_than(v.input.time()));
+            let first = if busy {
+                commands.try_recv().ok()
+            } else {
+                match commands.recv_timeout(Duration::from_millis(200)) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut next = first;
+            let mut handled = 0;
+            let mut stop = false;
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Ingest(batches) => {
+                        for batch in batches {
+                            last_epoch = last_epoch.max(batch.epoch);
+                            ingest(batch, &mut retained, &mut views);
+                        }
+                        frontier = last_epoch + 1;
+                        for v in views.iter_mut() {
+                            v.input.advance_to(frontier);
+                        }
+                    }
+                    Command::CreateView { plan, time, reply } => {
+                        let result = create_view(worker, &streams, &retained, &mut views, plan, time, frontier);
+                        let _ = reply.send(result);
+                    }
+                    Command::DropView { name, reply } => {
+                        let result = match views.iter().position(|v| v.name == name) {
+                            Some(i) => {
+                                let v = views.swap_remove(i);
+                                worker.drop_dataflow(v.dataflow);
+                                Ok(())
+                            }
+                            None => Err(Error::NotFound(format!("no view named {name}"))),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Command::Shutdown => stop = true,
+                }
+                handled += 1;
+                // take more commands while they are queued, but keep stepping the worker
+                if !stop && handled < 64 {
+                    next = commands.try_recv().ok();
+                }
+            }
+            if stop {
+                break;
+            }
+            for v in views.iter_mut() {
+                v.input.flush();
+            }
+            worker.step();
+            publish(&mut views, &store, last_epoch);
+        }
+    });
+}
+
+fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntime]) {
+    let stream = &mut retained[batch.stream];
+    let epoch = batch.epoch;
+    for v in views.iter_mut().filter(|v| v.stream == batch.stream) {
+        v.input.advance_to(epoch);
+        for e in &batch.events {
+            if v.admits(e.ts, e.late_by) {
+                v.input.insert(e.row.clone());
+            }
+        }
+    }
+    for e in batch.events {
+        stream.events.entry(e.ts).or_default().push((e.row, e.late_by));
+    }
+    stream.watermark = stream.watermark.max(batch.watermark);
+    // retract what fell out of each view's retention, then forget what fell out of the stream's
+    let watermark = stream.watermark;
+    for v in views.iter_mut().filter(|v| v.stream == batch.stream) {
+        let cutoff = watermark.saturating_sub(v.time.retention_ms);
+        if cutoff > v.expired_before {
+            for (_, events) in stream.events.range(v.expired_before..cutoff) {
+                for (row, late_by) in events {
+                    if *late_by <= v.time.lateness_ms {
+                        v.input.remove(row.clone());
+                    }
+                }
+            }
+            v.expired_before = cutoff;
+        }
+    }
+    let cutoff = watermark.saturating_sub(stream.retention_ms);
+    let kept = stream.events.split_off(&cutoff);
+    stream.events = kept;
+}
+
+fn create_view(
+    worker: &mut timely::worker::Worker,
+    streams: &[Stream],
+    retained: &[RetainedStream],
+    views: &mut Vec<ViewRuntime>,
+    plan: ViewPlan,
+    time: ViewTime,
+    frontier: Epoch,
+) -> Result<()> {
+    if views.iter().any(|v| v.name == plan.name) {
+        return Err(Error::AlreadyExists(format!("a view named {} exists", plan.name)));
+    }
+    let stream = streams
+        .iter()
+        .position(|s| s.name == plan.stream)
+        .ok_or_else(|| Error::NotFound(format!("no stream named {}", plan.stream)))?;
+    let output = Rc::new(RefCell::new(Vec::new()));
+    let sink = output.clone();
+    let dataflow = worker.next_dataflow_index();
+    let root = plan.root.clone();
+    let (input, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
+        let (input, rows) = scope.new_collection::<Row, isize>();
+        let (probe, _) = build(&root, rows, scope)
+            .inspect_batch(move |_, updates| sink.borrow_mut().extend(updates.iter().cloned()))
+            .probe();
+        (input, probe)
+    });
+    let source = &retained[stream];
+    let expired_before = if source.watermark == i64::MIN { i64::MIN } else { source.watermark.saturating_sub(time.retention_ms) };
+    let mut view = ViewRuntime { name: plan.name, stream, time, expired_before, input, probe, output, dataflow, published: 0 };
+    view.input.advance_to(frontier - 1);
+    for (ts, events) in source.events.range(expired_before..) {
+        for (row, late_by) in events {
+            if view.admits(*ts, *late_by) {
+                view.input.insert(row.clone());
+            }
+        }
+    }
+    view.input.advance_to(frontier);
+    view.input.flush();
+    views.push(view);
+    Ok(())
+}
+
+/// Hands every view's changes of completed epochs to the store.
+fn publish(views: &mut [ViewRuntime], store: &ViewStore, last_epoch: Epoch) {
+    for v in views.iter_mut() {
+        // every epoch below the probe's frontier is complete
+        let complete_below = v.probe.with_frontier(|f| f.first().copied()).unwrap_or(Epoch::MAX);
+        let through = last_epoch.min(complete_below.saturating_sub(1));
+        if through <= v.published && v.output.borrow().is_empty() {
+            continue;
+        }
+        let mut ready: BTreeMap<Epoch, Vec<(Row, isize)>> = BTreeMap::new();
+        v.output.borrow_mut().retain(|(row, t, diff)| {
+            if *t < complete_below {
+                ready.entry(*t).or_default().push((row.clone(), *diff));
+                false
+            } else {
+                true
+            }
+        });
+        for (epoch, mut changes) in ready {
+            differential_dataflow::consolidation::consolidate(&mut changes);
+            store.publish(&v.name, epoch, changes);
+        }
+        if through > v.published {
+            store.publish(&v.name, through, Vec::new());
+            v.published = through;
+        }
+    }
+}
+
+type Rows<'s> = VecCollection<'s, Epoch, Row, isize>;
+
+/// Lowers a plan node into differential operators.
+fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s> {
+    match node {
+        Node::Scan => source,
+        Node::Map { .. } | Node::Filter { .. } => {
+            // fuse a chain of maps and filters into one operator
+            let mut steps = Vec::new();
+            let mut base = node;
+            loop {
+                match base {
+                    Node::Map { input, exprs } => {
+                        steps.push(RowStep::Map(exprs.clone()));
+                        base = input;
+                    }
+                    Node::Filter { input, predicate } => {
+                        steps.push(RowStep::Filter(predicate.clone()));
+                        base = input;
+                    }
+                    _ => break,
+                }
+            }
+            steps.reverse();
+            build(base, source, scope).flat_map(move |row| apply_steps(&steps, row))
+        }
+        Node::Distinct { input } => build(input, source, scope).distinct(),
+        Node::Aggregate { input, keys, aggregates } => {
+            let keys = keys.clone();
+            let args: Vec<(Scalar, Option<Scalar>)> = aggregates.iter().map(|a| (a.arg.clone(), a.filter.clone())).collect();
+            let aggs: Vec<Aggregate> = aggregates.clone();
+            let global = keys.is_empty();
+            let grouped = build(input, source, scope)
+                .map(move |row| {
+                    let key = eval_all(&keys, &row);
+                    let vals: Row = args
+                        .iter()
+                        .map(|(arg, filter)| match filter {
+                            Some(f) if !f.passes(&row) => Value::Null,
+                            _ => arg.eval(&row),
+                        })
+                        .collect();
+                    (key, vals)
+                })
+                .reduce(move |_key, vals: &[(&Row, isize)], out: &mut Vec<(Row, isize)>| {
+                    out.push((aggs.iter().enumerate().map(|(i, a)| aggregate(a, i, vals)).collect(), 1));
+                })
+                .map(|(mut key, vals)| {
+                    key.extend(vals);
+                    key
+                });
+            if !global {
+                return grouped;
+            }
+            // A global aggregate has one row even over no input (count 0, sum NULL…):
+            // emit that row exactly while the input is empty.
+            let empty_row: Row = aggregates.iter().map(|a| if a.func == AggFunc::Count { Value::Int(0) } else { Value::Null }).collect();
+            let present = grouped.clone().map(|_| ());
+            let (_constant_input, constant) = scope.new_collection_from(vec![()]);
+            let empty = constant.concat(present.negate()).map(move |()| empty_row.clone());
+            grouped.concat(empty)
+        }
+    }
+}
+
+#[derive(Clone)]
+enum RowStep {
+    Map(Vec<Scalar>),
+    Filter(Scalar),
+}
+
+fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
+    for step in steps {
+        match step {
+            RowStep::Map(exprs) => row = eval_all(exprs, &row),
+            RowStep::Filter(p) => {
+                if !p.passes(&row) {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(row)
+}
+
+/// Computes aggregate `a` (argument position `i`) over a group's values.
+fn aggregate(a: &Aggregate, i: usize, vals: &[(&Row, isize)]) -> Value {
+    let mut distinct: Vec<&Value> = Vec::new();
+    let values = vals.iter().filter(|(row, n)| *n > 0 && !row[i].is_null());
+    let items: Box<dyn Iterator<Item = (&Value, isize)>> = if a.distinct {
+        distinct.extend(values.map(|(row, _)| &row[i]));
+        distinct.sort();
+        distinct.dedup();
+        Box::new(distinct.iter().map(|v| (*v, 1)))
+    } else {
+        Box::new(values.map(|(row, n)| (&row[i], *n)))
+    };
+    let mut count: i64 = 0;
+    let mut int_sum: i64 = 0;
+    let mut float_sum: f64 = 0.0;
+    let mut min: Option<&Value> = None;
+    let mut max: Option<&Value> = None;
+    for (v, n) in items {
+        count += n as i64;
+        match v {
+            Value::Int(x) => {
+                int_sum = int_sum.wrapping_add(x.wrapping_mul(n as i64));
+                float_sum += *x as f64 * n as f64;
+            }
+            Value::Float(x) => float_sum += x * n as f64,
+            _ => {}
+        }
+        if min.is_none_or(|m| v < m) {
+            min = Some(v);
+        }
+        if max.is_none_or(|m| v > m) {
+            max = Some(v);
+        }
+    }
+    if a.func == AggFunc::Count {
+        return Value::Int(count);
+    }
+    if count == 0 {
+        return Value::Null;
+    }
+    match a.func {
+        AggFunc::Count => Value::Int(count),
+        AggFunc::Sum if a.output == DataType::Int => Value::Int(int_sum),
+        AggFunc::Sum => Value::Float(float_sum),
+        AggFunc::Avg => Value::Float(float_sum / count as f64),
+        AggFunc::Min => min.cloned().unwrap_or(Value::Null),
+        AggFunc::Max => max.cloned().unwrap_or(Value::Null),
+    }
+}

@@ -1,0 +1,251 @@
+//! The engine: opens the data directory, recovers, and runs the gate and the dataflow.
+//!
+//! ```text
+//!   Engine::open ─▶ read the catalog ─▶ replay the write-ahead log into the gate state
+//!                ─▶ start the dataflow worker, feed it the recovered events
+//!                ─▶ create the configured and catalogued views ─▶ start the ingest gate
+//! ```
+
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, Mutex};
+
+use crate::catalog::{Catalog, ViewDefinition};
+use crate::dataflow::{run_worker, Batch, Command, Event, ViewTime};
+use crate::error::{Error, Result};
+use crate::ingest::{start_gate, Decoded, GateHandle, GateState, Receipt};
+use crate::plan::Planner;
+use crate::schema::{Stream, EVENTS, REJECTED};
+use crate::store::{LiveView, ViewInfo, ViewStore};
+use crate::time::{parse_duration_ms, Epoch};
+use crate::wal::Wal;
+
+/// What the engine needs to start.
+pub struct EngineConfig {
+    /// Where the log and the catalog live.
+    pub data_dir: PathBuf,
+    /// The streams; `events` and `rejected` are added with default policies if absent.
+    pub streams: Vec<Stream>,
+    /// Views from the configuration file, created at every start.
+    pub views: Vec<ViewDefinition>,
+}
+
+/// A running engine.
+pub struct Engine {
+    streams: Arc<Vec<Stream>>,
+    planner: Planner,
+    store: Arc<ViewStore>,
+    gate: GateHandle,
+    dataflow: std::sync::Mutex<Sender<Command>>,
+    catalog: Mutex<Catalog>,
+    recovered_events: usize,
+}
+
+impl Engine {
+    /// Opens the data directory, recovers every acknowledged event, and starts.
+    pub async fn open(config: EngineConfig) -> Result<Engine> {
+        let EngineConfig { data_dir, mut streams, views } = config;
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
+        if !streams.iter().any(|s| s.name == EVENTS) {
+            streams.insert(0, Stream::events(crate::schema::TimePolicy::DEFAULT));
+        }
+        if !streams.iter().any(|s| s.name == REJECTED) {
+            streams.push(Stream::rejected(crate::schema::TimePolicy::DEFAULT));
+        }
+        let streams = Arc::new(streams);
+        let catalog = Catalog::load(&data_dir)?;
+
+        // Replay the log: rebuild the gate's state and collect the retained events.
+        let mut state = GateState::new(&streams);
+        let mut recovered: Vec<Vec<Event>> = vec![Vec::new(); streams.len()];
+        let mut unknown = 0usize;
+        let wal_dir = data_dir.join("wal");
+        let replay_streams = streams.clone();
+        let wal = tokio::task::block_in_place(|| {
+            Wal::open(&wal_dir, |record| {
+                state.last_epoch = state.last_epoch.max(record.epoch);
+                let Some(i) = replay_streams.iter().position(|s| s.name == record.stream) else {
+                    unknown += record.rows.len();
+                    return;
+                };
+                for row in &record.rows {
+                    if row.len() == replay_streams[i].columns.len() {
+                        recovered[i].push(state.admit(&replay_streams, i, row));
+                    } else {
+                        unknown += 1;
+                    }
+                }
+            })
+        })?;
+        if unknown > 0 {
+            tracing::warn!(events = unknown, "the log holds events of streams that are no longer configured (or whose schema changed); they were skipped");
+        }
+        let recovered_events = recovered.iter().map(Vec::len).sum();
+        let last_epoch = state.last_epoch;
+
+        let store = Arc::new(ViewStore::default());
+        let (dataflow_tx, dataflow_rx) = std::sync::mpsc::channel();
+        {
+            let streams = streams.clone();
+            let store = store.clone();
+            std::thread::Builder::new()
+                .name("weir-dataflow".into())
+                .spawn(move || run_worker(streams, store, dataflow_rx, last_epoch))
+                .map_err(|e| Error::io("starting the dataflow thread", e))?;
+        }
+        let batches: Vec<Batch> = recovered
+            .into_iter()
+            .enumerate()
+            .filter(|(_, events)| !events.is_empty())
+            .map(|(i, events)| Batch { epoch: last_epoch, stream: i, events, watermark: state.watermarks[i] })
+            .collect();
+        if !batches.is_empty() {
+            dataflow_tx.send(Command::Ingest(batches)).map_err(|_| Error::ShuttingDown)?;
+        }
+
+        let wal = wal;
+        let (gate, _thread) = start_gate(streams.clone(), state, wal, dataflow_tx.clone());
+        let engine = Engine {
+            planner: Planner::new(&streams)?,
+            streams,
+            store,
+            gate,
+            dataflow: std::sync::Mutex::new(dataflow_tx),
+            catalog: Mutex::new(catalog),
+            recovered_events,
+        };
+        for def in views {
+            engine.install(def, true).await.map_err(|e| Error::Config(format!("a view in the configuration: {e}")))?;
+        }
+        let stored: Vec<ViewDefinition> = engine.catalog.lock().await.views().iter().map(|(_, d)| d.clone()).collect();
+        for def in stored {
+            engine.install(def, false).await?;
+        }
+        Ok(engine)
+    }
+
+    /// How many events were recovered from the log at start.
+    pub fn recovered_events(&self) -> usize {
+        self.recovered_events
+    }
+
+    /// The streams, in order.
+    pub fn streams(&self) -> &[Stream] {
+        &self.streams
+    }
+
+    /// A stream's number and definition, by name.
+    pub fn stream(&self, name: &str) -> Option<(usize, &Stream)> {
+        self.streams.iter().enumerate().find(|(_, s)| s.name == name)
+    }
+
+    /// Submits a decoded request to a stream; resolves once the accepted events are durable.
+    pub async fn ingest(&self, stream: usize, decoded: Decoded) -> Result<Receipt> {
+        self.gate.submit(stream, decoded).await
+    }
+
+    /// Every view.
+    pub fn views(&self) -> Vec<Arc<LiveView>> {
+        self.store.list()
+    }
+
+    /// A view by name.
+    pub fn view(&self, name: &str) -> Option<Arc<LiveView>> {
+        self.store.get(name)
+    }
+
+    /// Creates a view from a `CREATE VIEW` statement and keeps it across restarts.
+    pub async fn create_view(&self, def: ViewDefinition) -> Result<ViewInfo> {
+        let mut catalog = self.catalog.lock().await;
+        let info = self.install_locked(def.clone(), false).await?;
+        if let Err(e) = catalog.add(&info.name, def) {
+            let _ = self.uninstall(&info.name).await;
+            return Err(e);
+        }
+        Ok(info)
+    }
+
+    /// Drops a view. A view from the configuration file comes back at the next start.
+    pub async fn drop_view(&self, name: &str) -> Result<()> {
+        let mut catalog = self.catalog.lock().await;
+        if self.store.get(name).is_none() {
+            return Err(Error::NotFound(format!("no view named {name}")));
+        }
+        catalog.remove(name)?;
+        self.uninstall(name).await
+    }
+
+    async fn install(&self, def: ViewDefinition, from_config: bool) -> Result<ViewInfo> {
+        let _catalog = self.catalog.lock().await;
+        self.install_locked(def, from_config).await
+    }
+
+    /// Plans a view and starts its dataflow; the caller holds the catalog lock, so that
+    /// DDL is serialized.
+    async fn install_locked(&self, def: ViewDefinition, from_config: bool) -> Result<ViewInfo> {
+        let plan = self.planner.plan(&def.sql).await?;
+        if self.store.get(&plan.name).is_some() {
+            return Err(Error::AlreadyExists(format!("a view named {} exists", plan.name)));
+        }
+        let (_, stream) = self.stream(&plan.stream).ok_or_else(|| Error::NotFound(format!("no stream named {}", plan.stream)))?;
+        let policy = stream.policy;
+        let bounded = |value: &Option<String>, default: i64, what: &str| -> Result<i64> {
+            let Some(text) = value else { return Ok(default) };
+            let ms = parse_duration_ms(text).map_err(|e| Error::Sql(e.to_string()))?;
+            if ms > default {
+                return Err(Error::Sql(format!("the view's {what} ({text}) exceeds its stream's ({default} ms)")));
+            }
+            Ok(ms)
+        };
+        let time = ViewTime {
+            lateness_ms: bounded(&def.lateness, policy.lateness_ms, "lateness")?,
+            retention_ms: bounded(&def.retention, policy.retention_ms, "retention")?,
+        };
+        if time.retention_ms <= 0 {
+            return Err(Error::Sql("a view's retention must be positive".into()));
+        }
+        let info = ViewInfo {
+            name: plan.name.clone(),
+            sql: plan.sql.clone(),
+            stream: plan.stream.clone(),
+            columns: plan.columns.clone(),
+            lateness_ms: time.lateness_ms,
+            retention_ms: time.retention_ms,
+            from_config,
+        };
+        self.store.insert(info.clone());
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::CreateView { plan, time, reply })?;
+        match rx.await.map_err(|_| Error::ShuttingDown)? {
+            Ok(()) => Ok(info),
+            Err(e) => {
+                self.store.remove(&info.name);
+                Err(e)
+            }
+        }
+    }
+
+    async fn uninstall(&self, name: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::DropView { name: name.to_string(), reply })?;
+        let result = rx.await.map_err(|_| Error::ShuttingDown)?;
+        self.store.remove(name);
+        result
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.dataflow.lock().unwrap_or_else(|e| e.into_inner()).send(command).map_err(|_| Error::ShuttingDown)
+    }
+
+    /// The latest epoch any view has published.
+    pub fn epoch(&self) -> Epoch {
+        self.store.list().iter().map(|v| v.epoch()).max().unwrap_or(0)
+    }
+
+    /// Stops the dataflow worker. Everything acknowledged is already in the log.
+    pub fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown);
+    }
+}

@@ -1,0 +1,162 @@
+//! Values and rows: the data that flows through the dataflow.
+//!
+//! A [`Row`] is a vector of [`Value`]s in the column order of its schema. Values are
+//! cheap to clone (strings and maps are reference counted), totally ordered and
+//! hashable, as differential dataflow requires of its data.
+
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// One row of a stream or a view, in schema column order.
+pub type Row = Vec<Value>;
+
+/// A string-to-string map, kept sorted by key so that equal maps compare equal.
+pub type LabelMap = Arc<[(Arc<str>, Arc<str>)]>;
+
+/// A single value of one of Weir's column types.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit signed integer.
+    Int(i64),
+    /// A 64-bit float. Ordered by IEEE 754 total order so it can be a key.
+    Float(f64),
+    /// A UTF-8 string.
+    Str(Arc<str>),
+    /// Milliseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+    /// A string-to-string map, sorted by key.
+    Map(LabelMap),
+}
+
+impl Value {
+    /// Builds a string value.
+    pub fn str(s: &str) -> Value {
+        Value::Str(Arc::from(s))
+    }
+
+    /// Builds a map value from unsorted pairs; later duplicates of a key win.
+    pub fn map(mut pairs: Vec<(Arc<str>, Arc<str>)>) -> Value {
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        // keep the last occurrence of each key, as JSON object parsing does
+        let mut out: Vec<(Arc<str>, Arc<str>)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match out.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => out.push(pair),
+            }
+        }
+        Value::Map(out.into())
+    }
+
+    /// True for SQL NULL.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Int(_) => 2,
+            Value::Float(_) => 3,
+            Value::Str(_) => 4,
+            Value::Timestamp(_) => 5,
+            Value::Map(_) => 6,
+        }
+    }
+
+    /// The value as a float, for numeric values.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+}
+
+/// Normalises the float so that `-0.0 == 0.0` and all NaNs are one value, as SQL expects.
+fn float_key(f: f64) -> f64 {
+    if f == 0.0 {
+        0.0
+    } else if f.is_nan() {
+        f64::NAN
+    } else {
+        f
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Value {}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Value::Null, Value::Null) => Ordering::Equal,
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) => a.cmp(b),
+            (Value::Float(a), Value::Float(b)) => float_key(*a).total_cmp(&float_key(*b)),
+            (Value::Str(a), Value::Str(b)) => a.cmp(b),
+            (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
+            (Value::Map(a), Value::Map(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+
+impl Hash for Value {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.rank().hash(state);
+        match self {
+            Value::Null => {}
+            Value::Bool(b) => b.hash(state),
+            Value::Int(i) => i.hash(state),
+            Value::Float(f) => float_key(*f).to_bits().hash(state),
+            Value::Str(s) => s.hash(state),
+            Value::Timestamp(t) => t.hash(state),
+            Value::Map(m) => m.hash(state),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_compare_as_sql_expects() {
+        assert_eq!(Value::Float(0.0), Value::Float(-0.0));
+        assert_eq!(Value::Float(f64::NAN), Value::Float(-f64::NAN));
+        assert!(Value::Float(1.0) < Value::Float(2.0));
+    }
+
+    #[test]
+    fn maps_are_sorted_and_deduplicated() {
+        let m = Value::map(vec![
+            (Arc::from("b"), Arc::from("1")),
+            (Arc::from("a"), Arc::from("2")),
+            (Arc::from("b"), Arc::from("3")),
+        ]);
+        let Value::Map(pairs) = m else { panic!("not a map") };
+        let keys: Vec<_> = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        assert_eq!(keys, vec![("a", "2"), ("b", "3")]);
+    }
+}

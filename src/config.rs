@@ -1,0 +1,298 @@
+//! Configuration: one typed struct, filled from built-in defaults, then the TOML file,
+//! then `WEIR_*` environment variables, then command-line flags.
+//!
+//! Environment variables name a key path with `__` between levels:
+//! `WEIR_HTTP=0.0.0.0:7070`, `WEIR_INGEST__MAX_BODY_BYTES=1048576`,
+//! `WEIR_STREAMS__EVENTS__RETENTION=2h`. Values are read as TOML values where they parse
+//! as one (numbers, booleans, arrays) and as strings otherwise.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use weir_engine::catalog::ViewDefinition;
+use weir_engine::schema::{Column, Stream, TimePolicy, EVENTS, REJECTED};
+use weir_engine::time::parse_duration_ms;
+
+/// Weir's configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_http")]
+    pub http: String,
+    /// Directory for the write-ahead log and the catalog.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `weir=debug`).
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// Ingest limits.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Streams by name. `events` and `rejected` are built in; their time policy can be set here.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamConfig>,
+    /// Views created at every start.
+    #[serde(default)]
+    pub views: Vec<ViewConfig>,
+}
+
+/// `[ingest]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body accepted by `POST /v1/streams/{stream}/events`, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { max_body_bytes: default_max_body_bytes() }
+    }
+}
+
+/// `[streams.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// How far behind the watermark an event may be and still be accepted (e.g. `"1h"`).
+    #[serde(default)]
+    pub lateness: Option<String>,
+    /// How long events are kept in views, behind the watermark (e.g. `"1d"`).
+    #[serde(default)]
+    pub retention: Option<String>,
+    /// The columns (not for the built-in streams).
+    #[serde(default)]
+    pub columns: Option<Vec<Column>>,
+    /// The tenant column (a string).
+    #[serde(default = "default_tenant_column")]
+    pub tenant_column: String,
+    /// The event-time column (a timestamp).
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+    /// The idempotency-key column (a string), if any.
+    #[serde(default)]
+    pub id_column: Option<String>,
+}
+
+/// `[[views]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// The `CREATE VIEW name AS SELECT …` statement.
+    pub sql: String,
+    /// Allowed lateness for this view, at most its stream's.
+    #[serde(default)]
+    pub lateness: Option<String>,
+    /// Retention for this view, at most its stream's.
+    #[serde(default)]
+    pub retention: Option<String>,
+}
+
+fn default_http() -> String {
+    "127.0.0.1:7070".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./weir-data")
+}
+fn default_log() -> String {
+    "info".into()
+}
+fn default_max_body_bytes() -> usize {
+    16 << 20
+}
+fn default_tenant_column() -> String {
+    "tenant".into()
+}
+fn default_time_column() -> String {
+    "ts".into()
+}
+
+/// Flags that override the configuration.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// `--config FILE`
+    pub file: Option<PathBuf>,
+    /// `--data-dir DIR`
+    pub data_dir: Option<PathBuf>,
+    /// `--http ADDR`
+    pub http: Option<String>,
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the file, then `WEIR_*`, then flags.
+    pub fn load(overrides: &Overrides, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Config> {
+        let mut table = match &overrides.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                text.parse::<toml::Table>().with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(path) = key.strip_prefix("WEIR_") else { continue };
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            set(&mut table, &keys, parse_env_value(&value)).with_context(|| format!("environment variable {key}"))?;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            table.insert("data_dir".into(), toml::Value::String(dir.display().to_string()));
+        }
+        if let Some(http) = &overrides.http {
+            table.insert("http".into(), toml::Value::String(http.clone()));
+        }
+        let config: Config = toml::Value::Table(table).try_into().context("invalid configuration")?;
+        config.streams()?; // report stream errors now, all at once
+        Ok(config)
+    }
+
+    /// The streams this configuration declares, built-ins included.
+    pub fn streams(&self) -> anyhow::Result<Vec<Stream>> {
+        let mut errors = Vec::new();
+        let mut streams = Vec::new();
+        let policy = |c: Option<&StreamConfig>| -> anyhow::Result<TimePolicy> {
+            let mut p = TimePolicy::DEFAULT;
+            if let Some(c) = c {
+                if let Some(l) = &c.lateness {
+                    p.lateness_ms = parse_duration_ms(l)?;
+                }
+                if let Some(r) = &c.retention {
+                    p.retention_ms = parse_duration_ms(r)?;
+                }
+            }
+            Ok(p)
+        };
+        for builtin in [EVENTS, REJECTED] {
+            let c = self.streams.get(builtin);
+            if c.is_some_and(|c| c.columns.is_some() || c.id_column.is_some()) {
+                errors.push(format!("streams.{builtin}: the built-in stream's columns cannot be changed (only lateness and retention)"));
+            }
+            match policy(c) {
+                Ok(p) if builtin == EVENTS => streams.push(Stream::events(p)),
+                Ok(p) => streams.push(Stream::rejected(p)),
+                Err(e) => errors.push(format!("streams.{builtin}: {e}")),
+            }
+        }
+        for (name, c) in &self.streams {
+            if name == EVENTS || name == REJECTED {
+                continue;
+            }
+            if weir_engine::plan::check_view_name(name).is_err() {
+                errors.push(format!("streams.{name}: stream names are lowercase letters, digits and _"));
+                continue;
+            }
+            let Some(columns) = &c.columns else {
+                errors.push(format!("streams.{name}: columns are required"));
+                continue;
+            };
+            let built = policy(Some(c)).and_then(|p| {
+                Ok(Stream::new(name, columns.clone(), &c.tenant_column, &c.time_column, c.id_column.as_deref(), p)?)
+            });
+            match built {
+                Ok(s) => streams.push(s),
+                Err(e) => errors.push(format!("streams.{name}: {e}")),
+            }
+        }
+        if !errors.is_empty() {
+            bail!("invalid configuration:\n  {}", errors.join("\n  "));
+        }
+        // keep `rejected` last, as the engine expects nothing of the order but people read lists
+        let rejected = streams.remove(1);
+        streams.push(rejected);
+        Ok(streams)
+    }
+
+    /// The views this configuration declares.
+    pub fn view_definitions(&self) -> Vec<ViewDefinition> {
+        self.views
+            .iter()
+            .map(|v| ViewDefinition { sql: v.sql.clone(), lateness: v.lateness.clone(), retention: v.retention.clone() })
+            .collect()
+    }
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("the key was just parsed"),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+fn set(table: &mut toml::Table, keys: &[String], value: toml::Value) -> anyhow::Result<()> {
+    match keys {
+        [] => bail!("empty key"),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set(t, rest, value),
+                _ => bail!("{first} is not a section"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], overrides: Overrides) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let mut overrides = overrides;
+        if let Some(text) = file {
+            let path = dir.path().join("weir.toml");
+            std::fs::write(&path, text)?;
+            overrides.file = Some(path);
+        }
+        Config::load(&overrides, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let file = "http = \"127.0.0.1:1\"\ndata_dir = \"/from/file\"\n[ingest]\nmax_body_bytes = 10\n";
+        let c = load(Some(file), &[("WEIR_HTTP", "127.0.0.1:2"), ("WEIR_INGEST__MAX_BODY_BYTES", "20")], Overrides::default()).unwrap();
+        assert_eq!(c.http, "127.0.0.1:2");
+        assert_eq!(c.ingest.max_body_bytes, 20);
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        let c = load(Some(file), &[("WEIR_HTTP", "127.0.0.1:2")], Overrides { http: Some("127.0.0.1:3".into()), ..Default::default() }).unwrap();
+        assert_eq!(c.http, "127.0.0.1:3");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_streams_are_reported() {
+        assert!(load(Some("htp = \"x\""), &[], Overrides::default()).is_err());
+        assert!(load(None, &[("WEIR_NOPE", "1")], Overrides::default()).is_err());
+        let err = load(Some("[streams.clicks]\ntenant_column = \"t\"\n[streams.other]\ncolumns = []\n"), &[], Overrides::default()).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("streams.clicks: columns are required"), "{text}");
+        assert!(text.contains("streams.other"), "{text}");
+    }
+
+    #[test]
+    fn custom_streams_and_policies() {
+        let file = r#"
+[streams.events]
+lateness = "10m"
+retention = "2h"
+[streams.orders]
+columns = [
+  { name = "shop", type = "string", nullable = false },
+  { name = "at", type = "timestamp", nullable = false },
+  { name = "amount", type = "float" },
+]
+tenant_column = "shop"
+time_column = "at"
+"#;
+        let c = load(Some(file), &[("WEIR_STREAMS__ORDERS__RETENTION", "3h")], Overrides::default()).unwrap();
+        let streams = c.streams().unwrap();
+        let names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["events", "orders", "rejected"]);
+        assert_eq!(streams[0].policy.lateness_ms, 600_000);
+        assert_eq!(streams[1].policy.retention_ms, 3 * 3_600_000);
+    }
+}

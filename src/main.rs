@@ -1,0 +1,68 @@
+//! `weir`: the command-line entry point. Parses flags, loads the configuration, runs.
+
+mod config;
+mod demo;
+mod serve;
+mod server;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+/// Weir: a stream-processing dataflow engine for multi-tenant event analytics.
+#[derive(Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine and its HTTP API (data in ./weir-data, HTTP on 127.0.0.1:7070 by default).
+    Serve(ServeArgs),
+    /// Like `serve`, plus a built-in multi-tenant event generator and demo views.
+    Demo {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Events per second the generator sends.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (TOML). Every key can also be set as WEIR_<KEY> (nested keys joined by __).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (write-ahead log, catalog).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address for the HTTP API, e.g. 127.0.0.1:7070 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let overrides = Overrides { file: self.config.clone(), data_dir: self.data_dir.clone(), http: self.http.clone() };
+        Config::load(&overrides, std::env::vars())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (config, demo_rate) = match &cli.command {
+        Command::Serve(args) => (args.load()?, None),
+        Command::Demo { serve, rate } => (serve.load()?, Some(*rate)),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve::run(config, demo_rate, serve::shutdown_signal()))
+}

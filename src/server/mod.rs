@@ -1,0 +1,51 @@
+//! The HTTP API, versioned under `/v1`.
+//!
+//! ```text
+//!   POST   /v1/streams/{stream}/events   ingest (NDJSON or JSON array)
+//!   GET    /v1/streams                   streams and schemas
+//!   GET    /v1/views                     views with SQL and schema
+//!   POST   /v1/views                     create a view {"sql": "CREATE VIEW …"}
+//!   GET    /v1/views/{view}              rows (JSON, or CSV with Accept: text/csv)
+//!   DELETE /v1/views/{view}              drop a view
+//!   GET    /v1/views/{view}/subscribe    Server-Sent Events: snapshot, then changes
+//!   GET    /livez, /readyz               health
+//! ```
+
+mod error;
+mod ingest;
+mod views;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::watch;
+use weir_engine::Engine;
+
+use crate::config::Config;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub config: Arc<Config>,
+    /// Becomes true when the server is shutting down, ending long-lived streams.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/streams", get(ingest::list_streams))
+        .route("/v1/streams/{stream}/events", post(ingest::ingest))
+        .route("/v1/views", get(views::list).post(views::create))
+        .route("/v1/views/{view}", get(views::read).delete(views::drop))
+        .route("/v1/views/{view}/subscribe", get(views::subscribe))
+        .route("/livez", get(|| async { Json(json!({"status": "live"})) }))
+        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .fallback(|| async { error::ApiError::not_found("no such endpoint; see docs/http-api.md") })
+        // the ingest handler enforces its own, configurable limit
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}

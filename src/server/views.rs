@@ -1,0 +1,203 @@
+//! Views over HTTP: create, list, read (JSON or CSV), drop, and subscribe (SSE).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value as Json_};
+use tokio::sync::broadcast::error::RecvError;
+use weir_engine::catalog::ViewDefinition;
+use weir_engine::json::row_to_json;
+use weir_engine::schema::Column;
+use weir_engine::store::{EpochChanges, LiveView, Start, Subscription, ViewInfo};
+use weir_engine::value::Row;
+
+use super::error::ApiError;
+use super::AppState;
+
+fn info_json(info: &ViewInfo, epoch: u64) -> Json_ {
+    json!({
+        "name": info.name,
+        "sql": info.sql,
+        "stream": info.stream,
+        "columns": info.columns,
+        "epoch": epoch,
+        "lateness_ms": info.lateness_ms,
+        "retention_ms": info.retention_ms,
+        "source": if info.from_config { "config" } else { "api" },
+    })
+}
+
+pub async fn list(State(app): State<AppState>) -> Json<Json_> {
+    let views: Vec<Json_> = app.engine.views().iter().map(|v| info_json(&v.info, v.epoch())).collect();
+    Json(json!({ "views": views }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateView {
+    sql: String,
+    #[serde(default)]
+    lateness: Option<String>,
+    #[serde(default)]
+    retention: Option<String>,
+}
+
+pub async fn create(State(app): State<AppState>, body: axum::body::Bytes) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    let req: CreateView = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("expected {{\"sql\": \"CREATE VIEW …\", \"lateness\"?, \"retention\"?}}: {e}")))?;
+    let info = app.engine.create_view(ViewDefinition { sql: req.sql, lateness: req.lateness, retention: req.retention }).await?;
+    let epoch = app.engine.view(&info.name).map(|v| v.epoch()).unwrap_or(0);
+    Ok((StatusCode::CREATED, Json(info_json(&info, epoch))))
+}
+
+pub async fn drop(State(app): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    app.engine.drop_view(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct ReadParams {
+    /// Wait until the view reflects this epoch (e.g. the one an ingest returned).
+    min_epoch: Option<u64>,
+    /// How long to wait for `min_epoch`, in milliseconds (default 10 s).
+    timeout_ms: Option<u64>,
+}
+
+fn view(app: &AppState, name: &str) -> Result<Arc<LiveView>, ApiError> {
+    app.engine.view(name).ok_or_else(|| ApiError::not_found(format!("no view named {name}")))
+}
+
+pub async fn read(State(app): State<AppState>, Path(name): Path<String>, Query(params): Query<ReadParams>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let view = view(&app, &name)?;
+    if let Some(min) = params.min_epoch {
+        let timeout = Duration::from_millis(params.timeout_ms.unwrap_or(10_000));
+        if !view.wait_for(min, timeout).await {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("view {name} did not reach epoch {min} within {} ms (it is at {})", timeout.as_millis(), view.epoch()),
+            ));
+        }
+    }
+    let (epoch, rows) = view.snapshot();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("text/csv") {
+        let body = to_csv(&view.info.columns, &rows);
+        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::HeaderName::from_static("x-weir-epoch"), &epoch.to_string())], body).into_response());
+    }
+    let rows: Vec<Json_> = rows.iter().map(|r| row_to_json(&view.info.columns, r)).collect();
+    Ok(Json(json!({ "view": name, "epoch": epoch, "rows": rows })).into_response())
+}
+
+fn to_csv(columns: &[Column], rows: &[Row]) -> String {
+    let mut out = String::new();
+    let header: Vec<String> = columns.iter().map(|c| csv_field(&c.name)).collect();
+    out.push_str(&header.join(","));
+    out.push('\n');
+    for row in rows {
+        let fields: Vec<String> = row
+            .iter()
+            .map(|v| match weir_engine::json::value_to_json(v) {
+                Json_::Null => String::new(),
+                Json_::String(s) => csv_field(&s),
+                other => csv_field(&other.to_string()),
+            })
+            .collect();
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// `GET /v1/views/{view}/subscribe`: a snapshot, then every change in epoch order.
+pub async fn subscribe(State(app): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let view = view(&app, &name)?;
+    let last = match headers.get("last-event-id").map(|v| v.to_str().map(|s| s.trim().parse::<u64>())) {
+        None => None,
+        Some(Ok(Ok(epoch))) => Some(epoch),
+        Some(_) => return Err(ApiError::bad_request("Last-Event-ID must be an epoch (a whole number)")),
+    };
+    let subscription = view.subscribe(last);
+    let columns = Arc::new(view.info.columns.clone());
+    let events = change_stream(subscription, Arc::downgrade(&view), columns);
+    let mut shutdown = app.shutdown.clone();
+    let events = events.take_until(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    });
+    Ok(Sse::new(events.map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn snapshot_event(columns: &[Column], epoch: u64, rows: &[Row]) -> SseEvent {
+    let rows: Vec<Json_> = rows.iter().map(|r| row_to_json(columns, r)).collect();
+    SseEvent::default().event("snapshot").id(epoch.to_string()).data(json!({ "epoch": epoch, "rows": rows }).to_string())
+}
+
+fn change_events(columns: &[Column], changes: &EpochChanges, out: &mut VecDeque<SseEvent>) {
+    for (row, diff) in &changes.changes {
+        let data = json!({ "epoch": changes.epoch, "diff": diff.signum(), "row": row_to_json(columns, row) }).to_string();
+        for _ in 0..diff.unsigned_abs() {
+            out.push_back(SseEvent::default().event("change").id(changes.epoch.to_string()).data(data.clone()));
+        }
+    }
+}
+
+fn reset_event(reason: &str, requested: Option<u64>, epoch: u64) -> SseEvent {
+    SseEvent::default().event("reset").data(json!({ "reason": reason, "requested": requested, "epoch": epoch }).to_string())
+}
+
+fn start_events(columns: &[Column], start: Start) -> VecDeque<SseEvent> {
+    let mut out = VecDeque::new();
+    match start {
+        Start::Snapshot { epoch, rows } => out.push_back(snapshot_event(columns, epoch, &rows)),
+        Start::Resume(changes) => {
+            for c in &changes {
+                change_events(columns, c, &mut out);
+            }
+        }
+        Start::Reset { requested, epoch, rows } => {
+            out.push_back(reset_event("the requested epoch is no longer retained; discard your copy and use the snapshot that follows", Some(requested), epoch));
+            out.push_back(snapshot_event(columns, epoch, &rows));
+        }
+    }
+    out
+}
+
+/// The subscription as SSE events. The view is held weakly, so that dropping the view
+/// ends the stream; a subscriber that falls too far behind is sent a fresh snapshot.
+fn change_stream(sub: Subscription, view: Weak<LiveView>, columns: Arc<Vec<Column>>) -> impl Stream<Item = SseEvent> {
+    let pending = start_events(&columns, sub.start);
+    futures::stream::unfold((sub.changes, view, columns, pending), |(mut rx, view, columns, mut pending)| async move {
+        loop {
+            if let Some(event) = pending.pop_front() {
+                return Some((event, (rx, view, columns, pending)));
+            }
+            match rx.recv().await {
+                Ok(changes) => change_events(&columns, &changes, &mut pending),
+                Err(RecvError::Lagged(_)) => {
+                    let view_now = view.upgrade()?;
+                    let sub = view_now.subscribe(None);
+                    std::mem::drop(view_now);
+                    rx = sub.changes;
+                    if let Start::Snapshot { epoch, rows } = sub.start {
+                        pending.push_back(reset_event("the subscriber fell behind; discard your copy and use the snapshot that follows", None, epoch));
+                        pending.push_back(snapshot_event(&columns, epoch, &rows));
+                    }
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
