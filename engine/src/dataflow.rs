@@ -75,8 +75,14 @@ pub struct ViewTime {
 
 /// Work for the dataflow worker.
 pub enum Command {
-    /// Feed committed events.
-    Ingest(Vec<Batch>),
+    /// Feed committed events; the epoch is closed even if there are none, so that
+    /// readers waiting for it see it pass.
+    Ingest {
+        /// The epoch committed.
+        epoch: Epoch,
+        /// Its events, per stream.
+        batches: Vec<Batch>,
+    },
     /// Build a view's dataflow and seed it with the retained events.
     CreateView {
         /// The view.
@@ -156,7 +162,8 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
             let mut stop = false;
             while let Some(command) = next.take() {
                 match command {
-                    Command::Ingest(batches) => {
+                    Command::Ingest { epoch, batches } => {
+                        last_epoch = last_epoch.max(epoch);
                         for batch in batches {
                             last_epoch = last_epoch.max(batch.epoch);
                             ingest(batch, &mut retained, &mut views);

@@ -102,7 +102,7 @@ impl Engine {
             .map(|(i, events)| Batch { epoch: last_epoch, stream: i, events, watermark: state.watermarks[i] })
             .collect();
         if !batches.is_empty() {
-            dataflow_tx.send(Command::Ingest(batches)).map_err(|_| Error::ShuttingDown)?;
+            dataflow_tx.send(Command::Ingest { epoch: last_epoch, batches }).map_err(|_| Error::ShuttingDown)?;
         }
 
         let wal = wal;

@@ -234,7 +234,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: R
         }
         state.last_epoch = epoch;
         state.prune(&streams);
-        if !batches.is_empty() && dataflow.send(Command::Ingest(batches)).is_err() {
+        if dataflow.send(Command::Ingest { epoch, batches }).is_err() {
             return;
         }
         for (sub, receipt) in group.into_iter().zip(receipts) {

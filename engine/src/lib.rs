@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod catalog;
+pub mod columnar;
 pub mod dataflow;
 pub mod engine;
 pub mod error;
