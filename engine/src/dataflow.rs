@@ -343,6 +343,21 @@ fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s>
             build(base, source, scope).flat_map(move |row| apply_steps(&steps, row))
         }
         Node::Distinct { input } => build(input, source, scope).distinct(),
+        Node::Unnest { input, column, preserve_nulls } => {
+            let (column, preserve_nulls) = (*column, *preserve_nulls);
+            build(input, source, scope).flat_map(move |row| {
+                let items: Vec<Value> = match &row[column] {
+                    Value::List(items) => items.to_vec(),
+                    Value::Null if preserve_nulls => vec![Value::Null],
+                    _ => Vec::new(),
+                };
+                items.into_iter().map(move |item| {
+                    let mut out = row.clone();
+                    out[column] = item;
+                    out
+                })
+            })
+        }
         Node::Aggregate { input, keys, aggregates } => {
             let keys = keys.clone();
             let args: Vec<(Scalar, Option<Scalar>)> = aggregates.iter().map(|a| (a.arg.clone(), a.filter.clone())).collect();

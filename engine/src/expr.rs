@@ -49,6 +49,8 @@ pub enum Scalar {
     Like { arg: Box<Scalar>, pattern: Box<Scalar>, negated: bool, case_insensitive: bool },
     /// `date_bin(stride, ts[, origin])`: the start of the tumbling window holding `ts`.
     DateBin { stride_ms: i64, origin_ms: i64, arg: Box<Scalar> },
+    /// `hop(slide, size, ts)`: the starts of every hopping window holding `ts`.
+    Hop { slide_ms: i64, size_ms: i64, arg: Box<Scalar> },
     /// A scalar function of the supported set.
     Call(Func, Vec<Scalar>),
 }
@@ -245,6 +247,9 @@ pub fn compile(expr: &Expr, schema: &DFSchema) -> Result<Scalar> {
             if name == "date_bin" {
                 return compile_date_bin(&f.args, schema);
             }
+            if name == crate::windows::HOP {
+                return compile_hop(&f.args, schema);
+            }
             let func = Func::by_name(name).ok_or_else(|| Error::Sql(format!("function {name}() is not supported in views")))?;
             Scalar::Call(func, f.args.iter().map(|e| compile(e, schema)).collect::<Result<_>>()?)
         }
@@ -263,18 +268,32 @@ fn cast_target(t: &datafusion::arrow::datatypes::DataType) -> Result<DataType> {
     DataType::from_arrow(t).ok_or_else(|| Error::Sql(format!("CAST to {t} is not supported in views")))
 }
 
-fn compile_date_bin(args: &[Expr], schema: &DFSchema) -> Result<Scalar> {
-    let constant = |e: &Expr| -> Result<ScalarValue> {
-        let mut e = e;
-        loop {
-            match e {
-                Expr::Literal(v, _) => return Ok(v.clone()),
-                Expr::Cast(c) => e = &c.expr,
-                Expr::Alias(a) => e = &a.expr,
-                _ => return Err(Error::Sql(format!("date_bin needs constant interval and origin arguments, found {e}"))),
-            }
+/// The value of a constant argument (a literal, possibly cast), for functions whose
+/// arguments shape the plan (window sizes).
+fn constant(function: &str, e: &Expr) -> Result<ScalarValue> {
+    let mut e = e;
+    loop {
+        match e {
+            Expr::Literal(v, _) => return Ok(v.clone()),
+            Expr::Cast(c) => e = &c.expr,
+            Expr::Alias(a) => e = &a.expr,
+            _ => return Err(Error::Sql(format!("{function} needs constant interval arguments, found {e}"))),
         }
+    }
+}
+
+fn compile_hop(args: &[Expr], schema: &DFSchema) -> Result<Scalar> {
+    let [slide, size, arg] = args else {
+        return Err(Error::Sql("hop takes (slide interval, size interval, timestamp)".into()));
     };
+    let slide_ms = interval_ms(&constant("hop", slide)?)?;
+    let size_ms = interval_ms(&constant("hop", size)?)?;
+    crate::windows::check_hop(slide_ms, size_ms)?;
+    Ok(Scalar::Hop { slide_ms, size_ms, arg: Box::new(compile(arg, schema)?) })
+}
+
+fn compile_date_bin(args: &[Expr], schema: &DFSchema) -> Result<Scalar> {
+    let constant = |e: &Expr| constant("date_bin", e);
     let (stride, arg, origin) = match args {
         [stride, arg] => (stride, arg, None),
         [stride, arg, origin] => (stride, arg, Some(origin)),
@@ -362,6 +381,12 @@ impl Scalar {
             },
             Scalar::DateBin { stride_ms, origin_ms, arg } => match arg.eval(row) {
                 Value::Timestamp(t) => Value::Timestamp(bin(t, *stride_ms, *origin_ms)),
+                _ => Value::Null,
+            },
+            Scalar::Hop { slide_ms, size_ms, arg } => match arg.eval(row) {
+                Value::Timestamp(t) => {
+                    Value::List(crate::windows::hop_starts(t, *slide_ms, *size_ms).map(Value::Timestamp).collect())
+                }
                 _ => Value::Null,
             },
             Scalar::Call(f, args) => call(*f, args, row),
@@ -478,6 +503,7 @@ pub fn to_text(v: &Value) -> String {
             let inner: Vec<String> = m.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             format!("{{{}}}", inner.join(", "))
         }
+        Value::List(l) => format!("[{}]", l.iter().map(to_text).collect::<Vec<_>>().join(", ")),
     }
 }
 

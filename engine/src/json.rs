@@ -19,6 +19,7 @@ pub fn value_to_json(v: &Value) -> Json {
         Value::Str(s) => Json::String(s.to_string()),
         Value::Timestamp(t) => Json::String(format_rfc3339_ms(*t)),
         Value::Map(m) => Json::Object(m.iter().map(|(k, v)| (k.to_string(), Json::String(v.to_string()))).collect()),
+        Value::List(l) => Json::Array(l.iter().map(value_to_json).collect()),
     }
 }
 

@@ -28,6 +28,7 @@ pub mod store;
 pub mod time;
 pub mod value;
 pub mod wal;
+pub mod windows;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};

@@ -70,6 +70,15 @@ pub enum Node {
         /// The input.
         input: Box<Node>,
     },
+    /// Each row once per element of the list in `column`, with the element in its place.
+    Unnest {
+        /// The input.
+        input: Box<Node>,
+        /// The list column.
+        column: usize,
+        /// Whether a NULL list gives one row with NULL (rather than none).
+        preserve_nulls: bool,
+    },
 }
 
 /// One aggregate of a `GROUP BY`.
@@ -115,7 +124,9 @@ pub fn session() -> SessionContext {
         .with_information_schema(false)
         // keep strings as Utf8 so that plans match the streams' declared types
         .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
-    SessionContext::new_with_config(config)
+    let ctx = SessionContext::new_with_config(config);
+    ctx.register_udf(crate::windows::hop_udf());
+    ctx
 }
 
 impl Planner {
@@ -236,7 +247,17 @@ fn lower(plan: &LogicalPlan, stream: &mut Option<String>) -> Result<Node> {
         LogicalPlan::Union(_) => return Err(unsupported("UNION")),
         LogicalPlan::Values(_) => return Err(unsupported("VALUES")),
         LogicalPlan::EmptyRelation(_) => return Err(unsupported("SELECT without FROM")),
-        LogicalPlan::Unnest(_) => return Err(unsupported("UNNEST")),
+        LogicalPlan::Unnest(u) => {
+            let identity = u.dependency_indices.iter().enumerate().all(|(i, d)| i == *d);
+            match (u.list_type_columns.as_slice(), u.struct_type_columns.is_empty(), identity) {
+                ([(column, list)], true, true) if list.depth == 1 && u.schema.fields().len() == u.input.schema().fields().len() => Node::Unnest {
+                    input: Box::new(lower(&u.input, stream)?),
+                    column: *column,
+                    preserve_nulls: u.options.preserve_nulls(),
+                },
+                _ => return Err(unsupported("UNNEST of more than one list, of structs, or nested")),
+            }
+        }
         LogicalPlan::Subquery(_) => return Err(unsupported("a subquery")),
         LogicalPlan::RecursiveQuery(_) => return Err(unsupported("WITH RECURSIVE")),
         other => return Err(unsupported(&format!("the plan node {}", other.display()))),

@@ -33,6 +33,8 @@ pub enum Value {
     Timestamp(i64),
     /// A string-to-string map, sorted by key.
     Map(LabelMap),
+    /// A list, only inside a view's plan (e.g. the windows of `hop`, before `unnest`).
+    List(Arc<[Value]>),
 }
 
 impl Value {
@@ -69,6 +71,7 @@ impl Value {
             Value::Str(_) => 4,
             Value::Timestamp(_) => 5,
             Value::Map(_) => 6,
+            Value::List(_) => 7,
         }
     }
 
@@ -117,6 +120,7 @@ impl Ord for Value {
             (Value::Str(a), Value::Str(b)) => a.cmp(b),
             (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
             (Value::Map(a), Value::Map(b)) => a.cmp(b),
+            (Value::List(a), Value::List(b)) => a.cmp(b),
             _ => self.rank().cmp(&other.rank()),
         }
     }
@@ -133,6 +137,7 @@ impl Hash for Value {
             Value::Str(s) => s.hash(state),
             Value::Timestamp(t) => t.hash(state),
             Value::Map(m) => m.hash(state),
+            Value::List(l) => l.hash(state),
         }
     }
 }

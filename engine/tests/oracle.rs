@@ -38,6 +38,12 @@ const VIEWS: &[(&str, &str)] = &[
     ),
     ("regions", "SELECT DISTINCT tenant, labels['region'] AS region FROM events"),
     (
+        "hopping",
+        "SELECT window_start, tenant, count(*) AS n, sum(value) AS total FROM \
+         (SELECT unnest(hop(INTERVAL '2 minutes', INTERVAL '6 minutes', ts)) AS window_start, tenant, value FROM events) \
+         GROUP BY window_start, tenant",
+    ),
+    (
         "bands",
         "SELECT upper(tenant) AS t, CASE WHEN value >= 50 THEN 'high' ELSE 'low' END AS band, count(*) AS n, \
          count(*) FILTER (WHERE labels['region'] = 'eu') AS eu FROM events \
