@@ -1,5 +1,6 @@
 //! `weir`: the command-line entry point. Parses flags, loads the configuration, runs.
 
+mod bench;
 mod config;
 mod demo;
 mod serve;
@@ -31,6 +32,26 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         rate: u32,
     },
+    /// Run benchmark workloads on the real engine and print their figures (build with --release).
+    Bench {
+        /// Workloads to run (default: all): engine-window, engine-hop, engine-distinct, ingest-http, freshness.
+        workloads: Vec<String>,
+        /// Events per workload (generated: 1,000 tenants × 20 kinds).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Dataflow workers.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Also write the results as a JSON array to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Use the events of this NDJSON file (the `events` envelope) instead of generated ones.
+        #[arg(long, value_name = "FILE.ndjson")]
+        input: Option<PathBuf>,
+        /// Offered load of the freshness workload, events per second.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+    },
 }
 
 #[derive(Args)]
@@ -55,9 +76,12 @@ impl ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (config, demo_rate) = match &cli.command {
+    let (config, demo_rate) = match cli.command {
         Command::Serve(args) => (args.load()?, None),
-        Command::Demo { serve, rate } => (serve.load()?, Some(*rate)),
+        Command::Demo { serve, rate } => (serve.load()?, Some(rate)),
+        Command::Bench { workloads, events, workers, json, input, rate } => {
+            return bench::run(bench::BenchArgs { workloads, events, workers, json, input, rate });
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))

@@ -1,17 +1,27 @@
 //! `weir serve`: open the engine, serve HTTP, stop cleanly on SIGINT or SIGTERM.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use weir_engine::{Engine, EngineConfig};
 
 use crate::config::Config;
 use crate::server::{router, AppState};
 
-/// Runs until `shutdown` resolves. With `demo_rate`, also runs the demo generator.
-pub async fn run(config: Config, demo_rate: Option<u32>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+/// A running server.
+pub struct Running {
+    pub address: SocketAddr,
+    pub engine: Arc<Engine>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens the engine (recovering from the log) and starts serving HTTP.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
     let streams = config.streams()?;
     let engine = Engine::open(EngineConfig { data_dir: config.data_dir.clone(), streams, views: config.view_definitions() })
         .await
@@ -21,24 +31,46 @@ pub async fn run(config: Config, demo_rate: Option<u32>, shutdown: impl Future<O
 
     let listener = tokio::net::TcpListener::bind(&config.http).await.with_context(|| format!("listening on {}", config.http))?;
     let address = listener.local_addr()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     let state = AppState { engine: engine.clone(), config: Arc::new(config), shutdown: stop_rx.clone() };
+    let mut stopping = stop_rx;
+    let server = tokio::spawn(
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    tracing::info!(%address, "serving the HTTP API");
+    Ok(Running { address, engine, stop, server })
+}
 
+impl Running {
+    /// A receiver that turns true when the server starts shutting down.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Stops accepting, ends open streams, waits for requests in flight, stops the engine.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.server.await.context("the HTTP server task failed")?.context("serving HTTP")?;
+        self.engine.shutdown();
+        Ok(())
+    }
+}
+
+/// Runs until `shutdown` resolves. With `demo_rate`, also runs the demo generator.
+pub async fn run(config: Config, demo_rate: Option<u32>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
     if let Some(rate) = demo_rate {
-        crate::demo::start(engine.clone(), rate, stop_rx.clone()).await?;
+        crate::demo::start(running.engine.clone(), rate, running.stopping()).await?;
     }
     // scripts and tests read this line to find the port
-    println!("weir listening on http://{address}");
-    tracing::info!(%address, "serving the HTTP API");
-
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
-    server.await.context("serving HTTP")?;
-    engine.shutdown();
-    Ok(())
+    println!("weir listening on http://{}", running.address);
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -1,0 +1,92 @@
+//! Engine workloads: rows go straight into the dataflow worker (no HTTP, no log), in
+//! batches of 10,000, one epoch each, without waiting between epochs; the clock stops
+//! when the view has published the last epoch.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use tokio::sync::oneshot;
+use weir_engine::dataflow::{run_worker, Batch, Command, Event, ViewTime};
+use weir_engine::plan::Planner;
+use weir_engine::store::{ViewInfo, ViewStore};
+use weir_engine::value::{Row, Value};
+
+use super::{bench_streams, cores, peak_rss_bytes, Report};
+
+pub const WINDOW_SQL: &str = "CREATE VIEW bench AS SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, kind, \
+    count(*) AS n, sum(value) AS total, min(value) AS lo, max(value) AS hi FROM events \
+    GROUP BY date_bin(INTERVAL '1 minute', ts), tenant, kind";
+pub const HOP_SQL: &str = "CREATE VIEW bench AS SELECT window_start, tenant, count(*) AS n, sum(value) AS total FROM \
+    (SELECT unnest(hop(INTERVAL '1 minute', INTERVAL '5 minutes', ts)) AS window_start, tenant, value FROM events) \
+    GROUP BY window_start, tenant";
+pub const DISTINCT_SQL: &str = "CREATE VIEW bench AS SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, \
+    count(DISTINCT kind) AS kinds FROM events GROUP BY date_bin(INTERVAL '1 minute', ts), tenant";
+
+const BATCH: usize = 10_000;
+
+pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+    let streams = Arc::new(bench_streams());
+    let store = Arc::new(ViewStore::default());
+    let (tx, rx) = mpsc::channel();
+    let worker = {
+        let (streams, store) = (streams.clone(), store.clone());
+        std::thread::spawn(move || run_worker(streams, store, rx, 0))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let plan = runtime.block_on(Planner::new(&streams)?.plan(sql))?;
+    let time = ViewTime { lateness_ms: i64::MAX / 4, retention_ms: i64::MAX / 4 };
+    let view = store.insert(ViewInfo {
+        name: plan.name.clone(),
+        sql: plan.sql.clone(),
+        stream: plan.stream.clone(),
+        columns: plan.columns.clone(),
+        lateness_ms: time.lateness_ms,
+        retention_ms: time.retention_ms,
+        from_config: false,
+    });
+    let (reply, created) = oneshot::channel();
+    tx.send(Command::CreateView { plan, time, reply }).map_err(|_| anyhow!("the dataflow worker stopped"))?;
+    runtime.block_on(created)?.context("creating the view")?;
+
+    // build every command before the clock starts
+    let mut commands = Vec::new();
+    let mut watermark = i64::MIN;
+    for (i, chunk) in rows.chunks(BATCH).enumerate() {
+        let events: Vec<Event> = chunk
+            .iter()
+            .map(|row| {
+                let ts = match row[1] {
+                    Value::Timestamp(t) => t,
+                    _ => 0,
+                };
+                watermark = watermark.max(ts);
+                Event { row: row.clone(), ts, late_by: 0 }
+            })
+            .collect();
+        let epoch = i as u64 + 1;
+        commands.push(Command::Ingest { epoch, batches: vec![Batch { epoch, stream: 0, events, watermark }] });
+    }
+    let last = commands.len() as u64;
+    let start = Instant::now();
+    for c in commands {
+        tx.send(c).map_err(|_| anyhow!("the dataflow worker stopped"))?;
+    }
+    if !runtime.block_on(view.wait_for(last, Duration::from_secs(3600))) {
+        return Err(anyhow!("the view did not catch up"));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let _ = tx.send(Command::Shutdown);
+    let _ = worker.join();
+    Ok(Report {
+        workload: workload.into(),
+        events: rows.len(),
+        workers: 1,
+        seconds,
+        events_per_sec: rows.len() as f64 / seconds,
+        latency_ms: None,
+        peak_rss_bytes: peak_rss_bytes(),
+        cores: cores(),
+    })
+}

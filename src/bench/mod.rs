@@ -1,0 +1,170 @@
+//! `weir bench`: reproducible workloads on the real engine, printed as a table and,
+//! with `--json`, written as a machine-readable report.
+//!
+//! ```text
+//!   engine-window, engine-hop, engine-distinct   rows pushed straight into the dataflow worker
+//!                                                (no HTTP, no log): the engine's raw speed
+//!   ingest-http                                  NDJSON batches over loopback HTTP, log fsync'd
+//!   freshness                                    fixed offered load; ack → SSE subscriber latency
+//! ```
+//!
+//! Events are generated (or read with `--input`) and encoded before the clock starts.
+
+mod engine;
+mod http;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use weir_engine::schema::{Stream, TimePolicy};
+use weir_engine::value::{Row, Value};
+
+/// Every workload, in the order `weir bench` runs them by default.
+pub const WORKLOADS: &[&str] = &["engine-window", "engine-hop", "engine-distinct", "ingest-http", "freshness"];
+
+/// What to run.
+pub struct BenchArgs {
+    pub workloads: Vec<String>,
+    pub events: usize,
+    pub workers: usize,
+    pub json: Option<PathBuf>,
+    pub input: Option<PathBuf>,
+    pub rate: u64,
+}
+
+/// One workload's result.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub workload: String,
+    pub events: usize,
+    pub workers: usize,
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Latency>,
+    pub peak_rss_bytes: u64,
+    pub cores: usize,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(samples: &mut [Duration]) -> Option<Latency> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+        Some(Latency { p50: at(0.5), p99: at(0.99), max: at(1.0) })
+    }
+}
+
+/// The stream the workloads use: `events`, with time limits that never bite.
+fn bench_streams() -> Vec<Stream> {
+    let open = TimePolicy { lateness_ms: i64::MAX / 4, retention_ms: i64::MAX / 4 };
+    vec![Stream::events(open), Stream::rejected(open)]
+}
+
+/// Deterministic events: 1,000 tenants × 20 kinds, event time advancing 4 ms per event
+/// (so 1M events cover ~67 one-minute windows), values 0–1000, a region label.
+pub fn generate(n: usize) -> Vec<Row> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let tenants: Vec<Value> = (0..1000).map(|i| Value::str(&format!("tenant-{i:04}"))).collect();
+    let kinds: Vec<Value> = (0..20).map(|i| Value::str(&format!("kind-{i:02}"))).collect();
+    let regions: Vec<Value> = ["eu", "us", "ap"].iter().map(|r| Value::map(vec![(Arc::from("region"), Arc::from(*r))])).collect();
+    let base = 1_795_000_000_000i64;
+    (0..n)
+        .map(|i| {
+            vec![
+                tenants[rng.random_range(0..tenants.len())].clone(),
+                Value::Timestamp(base + i as i64 * 4),
+                kinds[rng.random_range(0..kinds.len())].clone(),
+                Value::Float(rng.random_range(0..1000) as f64),
+                regions[rng.random_range(0..regions.len())].clone(),
+                Value::Null,
+            ]
+        })
+        .collect()
+}
+
+fn load_input(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let stream = Stream::events(TimePolicy::DEFAULT);
+    let decoded = weir_connectors::format::decode_ndjson(&stream, &bytes)?;
+    if let Some(r) = decoded.rejected.first() {
+        bail!("{} line {}: {}", path.display(), r.line, r.error);
+    }
+    Ok(decoded.rows.into_iter().map(|(_, row)| row).collect())
+}
+
+/// The process's peak resident set size, from /proc (0 where unavailable).
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs the workloads, prints the table, writes the JSON report.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.workers != 1 {
+        bail!("--workers {}: the dataflow runs one worker today; multi-worker execution is not built yet", args.workers);
+    }
+    let workloads: Vec<String> = if args.workloads.is_empty() { WORKLOADS.iter().map(|s| s.to_string()).collect() } else { args.workloads.clone() };
+    for w in &workloads {
+        if !WORKLOADS.contains(&w.as_str()) {
+            bail!("unknown workload {w}; known: {}", WORKLOADS.join(", "));
+        }
+    }
+    let events = Arc::new(match &args.input {
+        Some(path) => load_input(path)?,
+        None => generate(args.events),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut reports = Vec::new();
+    println!("{:<16} {:>10} {:>8} {:>14} {:>9} {:>9} {:>9} {:>10}", "workload", "events", "seconds", "events/s", "p50 ms", "p99 ms", "max ms", "peak RSS");
+    for w in &workloads {
+        let report = match w.as_str() {
+            "engine-window" => engine::run(w, engine::WINDOW_SQL, &events)?,
+            "engine-hop" => engine::run(w, engine::HOP_SQL, &events)?,
+            "engine-distinct" => engine::run(w, engine::DISTINCT_SQL, &events)?,
+            "ingest-http" => runtime.block_on(http::ingest(w, &events))?,
+            "freshness" => runtime.block_on(http::freshness(w, &events, args.rate))?,
+            _ => unreachable!("checked above"),
+        };
+        let l = report.latency_ms.as_ref();
+        let ms = |f: fn(&Latency) -> f64| l.map(|l| format!("{:.2}", f(l))).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<16} {:>10} {:>8.2} {:>14.0} {:>9} {:>9} {:>9} {:>7} MiB",
+            report.workload,
+            report.events,
+            report.seconds,
+            report.events_per_sec,
+            ms(|l| l.p50),
+            ms(|l| l.p99),
+            ms(|l| l.max),
+            report.peak_rss_bytes >> 20
+        );
+        reports.push(report);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&reports)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
