@@ -206,15 +206,7 @@ impl Engine {
         if time.retention_ms <= 0 {
             return Err(Error::Sql("a view's retention must be positive".into()));
         }
-        let info = ViewInfo {
-            name: plan.name.clone(),
-            sql: plan.sql.clone(),
-            stream: plan.stream.clone(),
-            columns: plan.columns.clone(),
-            lateness_ms: time.lateness_ms,
-            retention_ms: time.retention_ms,
-            from_config,
-        };
+        let info = ViewInfo::of(&plan, time, from_config);
         self.store.insert(info.clone());
         let (reply, rx) = oneshot::channel();
         self.send(Command::CreateView { plan, time, reply })?;

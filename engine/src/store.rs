@@ -55,6 +55,21 @@ pub struct ViewInfo {
     pub from_config: bool,
 }
 
+impl ViewInfo {
+    /// The description of a planned view with its time policy.
+    pub fn of(plan: &crate::plan::ViewPlan, time: crate::dataflow::ViewTime, from_config: bool) -> ViewInfo {
+        ViewInfo {
+            name: plan.name.clone(),
+            sql: plan.sql.clone(),
+            stream: plan.stream.clone(),
+            columns: plan.columns.clone(),
+            lateness_ms: time.lateness_ms,
+            retention_ms: time.retention_ms,
+            from_config,
+        }
+    }
+}
+
 struct LiveState {
     epoch: Epoch,
     rows: HashMap<Row, isize>,

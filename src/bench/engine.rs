@@ -37,15 +37,7 @@ pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Re
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let plan = runtime.block_on(Planner::new(&streams)?.plan(sql))?;
     let time = ViewTime { lateness_ms: i64::MAX / 4, retention_ms: i64::MAX / 4 };
-    let view = store.insert(ViewInfo {
-        name: plan.name.clone(),
-        sql: plan.sql.clone(),
-        stream: plan.stream.clone(),
-        columns: plan.columns.clone(),
-        lateness_ms: time.lateness_ms,
-        retention_ms: time.retention_ms,
-        from_config: false,
-    });
+    let view = store.insert(ViewInfo::of(&plan, time, false));
     let (reply, created) = oneshot::channel();
     tx.send(Command::CreateView { plan, time, reply }).map_err(|_| anyhow!("the dataflow worker stopped"))?;
     runtime.block_on(created)?.context("creating the view")?;

@@ -1,7 +1,7 @@
 //! Helpers: start the real `weir` binary, talk to it over HTTP and SSE.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,7 +12,6 @@ use serde_json::Value;
 pub struct Weir {
     child: Child,
     pub url: String,
-    pub data_dir: PathBuf,
     pub http: reqwest::Client,
 }
 
@@ -35,7 +34,7 @@ impl Weir {
         };
         // keep draining stdout so the child never blocks on a full pipe
         std::thread::spawn(move || for _ in lines {});
-        Weir { child, url, data_dir: data_dir.to_path_buf(), http: reqwest::Client::new() }
+        Weir { child, url, http: reqwest::Client::new() }
     }
 
     /// SIGKILL: no chance to flush or clean up.

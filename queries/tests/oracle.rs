@@ -7,15 +7,11 @@
 //! the engine accepted, and computes everything else from scratch.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::datasource::MemTable;
 use proptest::prelude::*;
 use weir_engine::catalog::ViewDefinition;
-use weir_engine::columnar::{batch_to_rows, rows_to_batch};
 use weir_engine::ingest::Decoded;
-use weir_engine::plan::session;
 use weir_engine::schema::{Stream, TimePolicy};
 use weir_engine::value::{Row, Value};
 use weir_engine::{Engine, EngineConfig};
@@ -93,12 +89,8 @@ fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
 }
 
 async fn oracle(select: &str, events: &Stream, accepted: &[Row]) -> Vec<Row> {
-    let ctx = session();
-    let batch = rows_to_batch(&events.columns, accepted).unwrap();
-    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
-    ctx.register_table("events", Arc::new(table)).unwrap();
-    let batches = ctx.sql(select).await.unwrap().collect().await.unwrap();
-    sorted(batches.iter().flat_map(|b| batch_to_rows(b).unwrap()).collect())
+    let table = weir_queries::Table { name: "events", columns: &events.columns, rows: accepted };
+    sorted(weir_queries::query_rows(&[table], select).await.unwrap())
 }
 
 async fn check(batches: Vec<Vec<GenEvent>>) -> Result<(), TestCaseError> {
