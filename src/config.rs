@@ -274,6 +274,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_container_configuration_loads() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/weir.toml"));
+        let c = Config::load(&Overrides { file: Some(path), ..Default::default() }, []).unwrap();
+        assert_eq!(c.http, "0.0.0.0:7070");
+        c.streams().unwrap();
+    }
+
+    #[test]
     fn custom_streams_and_policies() {
         let file = r#"
 [streams.events]

@@ -1,0 +1,75 @@
+//! Criterion benchmarks of the per-event hot paths: NDJSON decoding and validation, row
+//! encoding for the log, window assignment, and log append. Run with
+//! `cargo bench --bench hot_paths`; the whole ingest → view path is measured by
+//! `weir bench` (see docs/benchmarks.md).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use weir_connectors::format::decode_ndjson;
+use weir_engine::expr::bin;
+use weir_engine::json::row_to_json;
+use weir_engine::schema::{Stream, TimePolicy};
+use weir_engine::value::{Row, Value};
+use weir_engine::wal::{Record, Wal};
+use weir_engine::windows::hop_starts;
+
+fn rows(n: usize) -> Vec<Row> {
+    (0..n)
+        .map(|i| {
+            vec![
+                Value::str(&format!("tenant-{:03}", i % 1000)),
+                Value::Timestamp(1_795_000_000_000 + i as i64 * 4),
+                Value::str(&format!("kind-{:02}", i % 20)),
+                Value::Float((i % 1000) as f64),
+                Value::map(vec![("region".into(), ["eu", "us", "ap"][i % 3].into())]),
+                Value::Null,
+            ]
+        })
+        .collect()
+}
+
+fn ndjson(c: &mut Criterion) {
+    let stream = Stream::events(TimePolicy::DEFAULT);
+    let body: String = rows(1000).iter().map(|r| format!("{}\n", row_to_json(&stream.columns, r))).collect();
+    let mut g = c.benchmark_group("ndjson");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("decode_and_validate_1000_events", |b| b.iter(|| decode_ndjson(&stream, black_box(body.as_bytes())).unwrap()));
+    g.finish();
+}
+
+fn row_encoding(c: &mut Criterion) {
+    let record = Record { epoch: 1, stream: "events".into(), rows: rows(1000) };
+    let mut g = c.benchmark_group("row_encoding");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("bincode_1000_rows", |b| b.iter(|| bincode::serialize(black_box(&record)).unwrap()));
+    g.finish();
+}
+
+fn windows(c: &mut Criterion) {
+    let times: Vec<i64> = (0..1000).map(|i| 1_795_000_000_000 + i * 4_321).collect();
+    let mut g = c.benchmark_group("window_assignment");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("tumbling_1m_1000_events", |b| b.iter(|| times.iter().map(|t| bin(black_box(*t), 60_000, 0)).sum::<i64>()));
+    g.bench_function("hopping_1m_5m_1000_events", |b| b.iter(|| times.iter().flat_map(|t| hop_starts(black_box(*t), 60_000, 300_000)).sum::<i64>()));
+    g.finish();
+}
+
+fn log_append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), |_| {}).unwrap();
+    let record = Record { epoch: 1, stream: "events".into(), rows: rows(1000) };
+    let mut g = c.benchmark_group("log_append");
+    g.throughput(Throughput::Elements(1000));
+    g.sample_size(20);
+    g.bench_function("append_and_fsync_1000_events", |b| {
+        b.iter_batched(|| (), |_| {
+            wal.append(&record).unwrap();
+            wal.commit().unwrap();
+        }, BatchSize::SmallInput)
+    });
+    g.finish();
+}
+
+criterion_group!(hot_paths, ndjson, row_encoding, windows, log_append);
+criterion_main!(hot_paths);
