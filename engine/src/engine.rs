@@ -143,6 +143,9 @@ impl Engine {
 
     /// Submits a decoded request to a stream; resolves once the accepted events are durable.
     pub async fn ingest(&self, stream: usize, decoded: Decoded) -> Result<Receipt> {
+        if stream >= self.streams.len() {
+            return Err(Error::NotFound(format!("no stream number {stream}")));
+        }
         self.gate.submit(stream, decoded).await
     }
 

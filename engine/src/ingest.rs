@@ -167,9 +167,18 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: R
             let mut receipt = Receipt { accepted: 0, duplicates: 0, rejected: Vec::new(), epoch };
             let mut refused: Vec<Rejection> = sub.decoded.rejected.clone();
             for (line, row) in &sub.decoded.rows {
-                let ts = match row[s.time] {
-                    Value::Timestamp(t) => t,
-                    _ => unreachable!("decoded rows carry their event time"),
+                let ts = match row.get(s.time) {
+                    Some(Value::Timestamp(t)) if row.len() == s.columns.len() => *t,
+                    _ => {
+                        // formats validate rows; this guards in-process callers that build their own
+                        refused.push(Rejection {
+                            line: *line,
+                            raw: format!("{row:?}"),
+                            error: format!("a row of {} needs {} values with a timestamp in {:?}", s.name, s.columns.len(), s.columns[s.time].name),
+                            tenant: None,
+                        });
+                        continue;
+                    }
                 };
                 let watermark = state.watermarks[sub.stream];
                 if s.checks_lateness() && watermark != i64::MIN && watermark.saturating_sub(ts) > s.policy.lateness_ms {

@@ -184,6 +184,10 @@ impl Stream {
         let time = find(time, DataType::Timestamp, "time")?;
         let id = id.map(|id| find(id, DataType::String, "id")).transpose()?;
         let defaults = vec![None; columns.len()];
+        // every event has a tenant and an event time
+        let mut columns = columns;
+        columns[tenant].nullable = false;
+        columns[time].nullable = false;
         Ok(Stream { name: name.to_string(), columns, tenant, time, id, defaults, policy })
     }
 
