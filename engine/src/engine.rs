@@ -123,6 +123,12 @@ impl Engine {
         for def in stored {
             engine.install(def, false).await?;
         }
+        // Be complete before serving: every view reflects everything recovered.
+        for view in engine.store.list() {
+            while !view.wait_for(last_epoch, std::time::Duration::from_secs(60)).await {
+                tracing::info!(view = %view.info.name, "still replaying the log into the view");
+            }
+        }
         Ok(engine)
     }
 

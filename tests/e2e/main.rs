@@ -222,7 +222,7 @@ async fn sigkill_under_concurrent_load_loses_nothing_acknowledged_and_counts_not
     }
     // let some batches through, then kill the server while the clients are mid-flight
     let start = Instant::now();
-    while acked.lock().unwrap().values().map(Vec::len).sum::<usize>() < 40 && start.elapsed() < Duration::from_secs(60) {
+    while acked.lock().unwrap().values().map(Vec::len).sum::<usize>() < 200 && start.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     weir.kill();
