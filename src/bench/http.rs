@@ -2,7 +2,8 @@
 //! port with a fresh data directory (so the write-ahead log is fsync'd as in production).
 //!
 //! - `ingest-http`: 4 clients post NDJSON batches of 1,000 events as fast as they are
-//!   acknowledged; events/s and acknowledgement latency.
+//!   acknowledged; events/s until the view reflects every acknowledged event, and
+//!   acknowledgement latency.
 //! - `freshness`: one client posts batches of 1,000 at a fixed offered rate while an
 //!   SSE subscriber watches the view; latency from each batch's acknowledgement to the
 //!   first change event of its epoch.
@@ -76,22 +77,32 @@ pub async fn ingest(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Repo
         let (bodies, next, http, url) = (bodies.clone(), next.clone(), http.clone(), url.clone());
         clients.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut last_epoch = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { return Ok::<_, anyhow::Error>(latencies) };
+                let Some(body) = bodies.get(i) else { return Ok::<_, anyhow::Error>((latencies, last_epoch)) };
                 let sent = Instant::now();
                 let resp = http.post(&url).header("content-type", "application/x-ndjson").body(body.clone()).send().await?;
                 if !resp.status().is_success() {
                     bail!("ingest answered {}", resp.status());
                 }
-                resp.bytes().await?;
+                let receipt: serde_json::Value = resp.json().await?;
                 latencies.push(sent.elapsed());
+                last_epoch = last_epoch.max(receipt["epoch"].as_u64().context("no epoch in the receipt")?);
             }
         }));
     }
     let mut latencies = Vec::new();
+    let mut last_epoch = 0;
     for c in clients {
-        latencies.extend(c.await??);
+        let (l, e) = c.await??;
+        latencies.extend(l);
+        last_epoch = last_epoch.max(e);
+    }
+    // the clock stops when the view reflects every acknowledged event
+    let view = running.engine.view("bench").context("the bench view exists")?;
+    if !view.wait_for(last_epoch, Duration::from_secs(3600)).await {
+        bail!("the view did not catch up");
     }
     let seconds = start.elapsed().as_secs_f64();
     running.stop().await?;
