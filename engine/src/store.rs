@@ -13,7 +13,7 @@
 //! it saw resume where it stopped; when that epoch has left the history it is told to
 //! take a new snapshot.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{broadcast, watch};
@@ -21,6 +21,8 @@ use tokio::sync::{broadcast, watch};
 use crate::schema::Columns;
 use crate::time::Epoch;
 use crate::value::Row;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// How many change rows a view keeps for resuming subscribers.
 const HISTORY_ROWS: usize = 100_000;
@@ -126,7 +128,7 @@ impl LiveView {
         let (epoch_tx, _) = watch::channel(0);
         LiveView {
             info,
-            state: Mutex::new(LiveState { epoch: 0, rows: HashMap::new(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
+            state: Mutex::new(LiveState { epoch: 0, rows: HashMap::default(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
             changes,
             epoch: epoch_tx,
         }
@@ -219,7 +221,7 @@ fn expand(rows: &HashMap<Row, isize>) -> Vec<Row> {
 /// Every live view, by name.
 #[derive(Default)]
 pub struct ViewStore {
-    views: RwLock<HashMap<String, Arc<LiveView>>>,
+    views: RwLock<std::collections::HashMap<String, Arc<LiveView>>>,
 }
 
 impl ViewStore {

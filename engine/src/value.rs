@@ -117,6 +117,9 @@ impl Ord for Value {
             (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
             (Value::Int(a), Value::Int(b)) => a.cmp(b),
             (Value::Float(a), Value::Float(b)) => float_key(*a).total_cmp(&float_key(*b)),
+            // rows share their strings' allocations (one Arc per distinct tenant, kind…
+            // from a batch), so equal strings are usually the same pointer
+            (Value::Str(a), Value::Str(b)) if Arc::ptr_eq(a, b) => Ordering::Equal,
             (Value::Str(a), Value::Str(b)) => a.cmp(b),
             (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
             (Value::Map(a), Value::Map(b)) => a.cmp(b),

@@ -130,7 +130,12 @@ async fn check(batches: Vec<Vec<GenEvent>>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    // failing cases are saved here (relative to this crate) and replayed first on every run
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        failure_persistence: Some(Box::new(prop::test_runner::FileFailurePersistence::Direct("tests/oracle.proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn views_equal_batch_recomputation(batches in prop::collection::vec(prop::collection::vec(event(), 1..25), 1..6)) {
