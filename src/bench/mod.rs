@@ -6,12 +6,14 @@
 //!                                                (no HTTP, no log): the engine's raw speed
 //!   ingest-http                                  NDJSON batches over loopback HTTP, log fsync'd
 //!   freshness                                    fixed offered load; ack → SSE subscriber latency
+//!   recovery                                     restart time with N events in the log
 //! ```
 //!
 //! Events are generated (or read with `--input`) and encoded before the clock starts.
 
 mod engine;
 mod http;
+mod recovery;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use weir_engine::schema::{Stream, TimePolicy};
 use weir_engine::value::{Row, Value};
 
 /// Every workload, in the order `weir bench` runs them by default.
-pub const WORKLOADS: &[&str] = &["engine-window", "engine-hop", "engine-distinct", "ingest-http", "freshness"];
+pub const WORKLOADS: &[&str] = &["engine-window", "engine-hop", "engine-distinct", "ingest-http", "freshness", "recovery"];
 
 /// What to run.
 pub struct BenchArgs {
@@ -146,6 +148,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "engine-distinct" => engine::run(w, engine::DISTINCT_SQL, &events)?,
             "ingest-http" => runtime.block_on(http::ingest(w, &events))?,
             "freshness" => runtime.block_on(http::freshness(w, &events, args.rate))?,
+            "recovery" => runtime.block_on(recovery::run(w, &events))?,
             _ => unreachable!("checked above"),
         };
         let l = report.latency_ms.as_ref();

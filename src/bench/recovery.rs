@@ -1,0 +1,56 @@
+//! `recovery`: how long a restart takes with N retained events in the log. The events
+//! are ingested through the real gate (so the log holds them exactly as in production)
+//! into a data directory with the windowed view; then the engine is dropped and the
+//! clock times `Engine::open`, which returns once every view reflects the whole log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use weir_engine::catalog::ViewDefinition;
+use weir_engine::ingest::Decoded;
+use weir_engine::value::Row;
+use weir_engine::{Engine, EngineConfig};
+
+use super::engine::WINDOW_SQL;
+use super::{bench_streams, cores, peak_rss_bytes, Report};
+
+const BATCH: usize = 10_000;
+
+async fn open(dir: &std::path::Path) -> anyhow::Result<Engine> {
+    Ok(Engine::open(EngineConfig { data_dir: dir.to_path_buf(), streams: bench_streams(), views: vec![] }).await?)
+}
+
+pub async fn run(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+    let dir = tempfile::tempdir()?;
+    {
+        let engine = open(dir.path()).await?;
+        engine.create_view(ViewDefinition { sql: WINDOW_SQL.into(), lateness: None, retention: None }).await?;
+        let (stream, _) = engine.stream("events").context("the events stream")?;
+        for chunk in rows.chunks(BATCH) {
+            let decoded = Decoded { rows: chunk.iter().cloned().enumerate().map(|(i, r)| (i as u32 + 1, r)).collect(), rejected: vec![] };
+            let receipt = engine.ingest(stream, decoded).await?;
+            if !receipt.rejected.is_empty() {
+                bail!("the log refused events: {:?}", receipt.rejected[0]);
+            }
+        }
+        engine.shutdown();
+    }
+    let start = Instant::now();
+    let engine = open(dir.path()).await?;
+    let seconds = start.elapsed().as_secs_f64();
+    if engine.recovered_events() != rows.len() {
+        bail!("recovered {} events of {}", engine.recovered_events(), rows.len());
+    }
+    engine.shutdown();
+    Ok(Report {
+        workload: workload.into(),
+        events: rows.len(),
+        workers: 1,
+        seconds,
+        events_per_sec: rows.len() as f64 / seconds,
+        latency_ms: None,
+        peak_rss_bytes: peak_rss_bytes(),
+        cores: cores(),
+    })
+}
