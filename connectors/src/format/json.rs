@@ -36,9 +36,16 @@ pub fn decode_ndjson(stream: &Stream, body: &[u8]) -> Result<Decoded, BodyError>
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_str::<Json>(line) {
-            Ok(json) => push(stream, line_no, &json, || line.to_string(), &mut out),
-            Err(e) => out.rejected.push(rejection(line_no, line.to_string(), format!("invalid JSON: {e}"), None)),
+        let mut de = serde_json::Deserializer::from_str(line);
+        let decoded = serde::de::DeserializeSeed::deserialize(RowSeed { stream }, &mut de).and_then(|row| de.end().map(|_| row));
+        match decoded {
+            Ok(Ok(row)) => out.rows.push((line_no, row)),
+            // valid JSON that breaks the schema, or not JSON at all: take the slow path
+            // once, for the precise reason and the line's tenant
+            _ => match serde_json::from_str::<Json>(line) {
+                Ok(json) => push(stream, line_no, &json, || line.to_string(), &mut out),
+                Err(e) => out.rejected.push(rejection(line_no, line.to_string(), format!("invalid JSON: {e}"), None)),
+            },
         }
     }
     Ok(out)
@@ -52,6 +59,144 @@ pub fn decode_json_array(stream: &Stream, body: &[u8]) -> Result<Decoded, BodyEr
         push(stream, (i + 1) as u32, json, || json.to_string(), &mut out);
     }
     Ok(out)
+}
+
+/// Decodes one JSON object straight into a row of the stream, without building a JSON
+/// tree. `Ok(Err(()))` means the object does not fit the schema (the caller then finds
+/// out why on the slow path); `Err` means the text is not JSON.
+struct RowSeed<'a> {
+    stream: &'a Stream,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = Result<Row, ()>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
+    type Value = Result<Row, ()>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let stream = self.stream;
+        let mut row: Vec<Option<Value>> = vec![None; stream.columns.len()];
+        let mut fits = true;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match stream.columns.iter().position(|c| c.name == *key) {
+                Some(i) => match map.next_value_seed(ValueSeed { data_type: stream.columns[i].data_type })? {
+                    Some(v) => row[i] = Some(v),
+                    None => fits = false,
+                },
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !fits {
+            return Ok(Err(()));
+        }
+        let mut out = Vec::with_capacity(row.len());
+        for (i, v) in row.into_iter().enumerate() {
+            match v {
+                Some(Value::Null) | None => match &stream.defaults[i] {
+                    Some(default) => out.push(default.clone()),
+                    None if stream.columns[i].nullable => out.push(Value::Null),
+                    None => return Ok(Err(())),
+                },
+                Some(v) => out.push(v),
+            }
+        }
+        if matches!(&out[stream.tenant], Value::Str(t) if t.is_empty()) {
+            return Ok(Err(()));
+        }
+        Ok(Ok(out))
+    }
+}
+
+/// One field's value, of the column's type; `None` when it has another type.
+struct ValueSeed {
+    data_type: DataType,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed {
+    type Value = Option<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValueSeed {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(type_name(self.data_type))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Some(Value::Null))
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok((self.data_type == DataType::Boolean).then_some(Value::Bool(b)))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(match self.data_type {
+            DataType::Int => Some(Value::Int(n)),
+            DataType::Float => Some(Value::Float(n as f64)),
+            DataType::Timestamp => Some(Value::Timestamp(n)),
+            _ => None,
+        })
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        match i64::try_from(n) {
+            Ok(n) => self.visit_i64(n),
+            Err(_) => Ok((self.data_type == DataType::Float).then_some(Value::Float(n as f64))),
+        }
+    }
+
+    fn visit_f64<E>(self, x: f64) -> Result<Self::Value, E> {
+        Ok((self.data_type == DataType::Float).then_some(Value::Float(x)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(match self.data_type {
+            DataType::String => Some(Value::str(s)),
+            DataType::Timestamp => parse_rfc3339_ms(s).map(Value::Timestamp),
+            _ => None,
+        })
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        if self.data_type != DataType::Map {
+            while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            return Ok(None);
+        }
+        let mut pairs = Vec::new();
+        let mut fits = true;
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match map.next_value::<Json>()? {
+                Json::String(v) => pairs.push((Arc::from(k.as_ref()), Arc::from(v.as_str()))),
+                Json::Number(n) => pairs.push((Arc::from(k.as_ref()), Arc::from(n.to_string()))),
+                Json::Bool(b) => pairs.push((Arc::from(k.as_ref()), Arc::from(b.to_string()))),
+                _ => fits = false,
+            }
+        }
+        Ok(fits.then(|| Value::map(pairs)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
 }
 
 fn push(stream: &Stream, line: u32, json: &Json, raw: impl Fn() -> String, out: &mut Decoded) {
@@ -155,6 +300,7 @@ fn json_kind(json: &Json) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use weir_engine::schema::TimePolicy;
 
     #[test]
@@ -178,6 +324,72 @@ not json
         assert!(d.rejected[1].error.contains("missing required field \"ts\""), "{}", d.rejected[1].error);
         assert_eq!(d.rejected[1].tenant.as_deref(), Some("b"));
         assert!(d.rejected[2].error.contains("RFC 3339"));
+    }
+
+    fn json_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("\"\"".to_string()),
+            Just("\"acme\"".to_string()),
+            Just("\"2026-11-22T10:00:05Z\"".to_string()),
+            Just("\"2026-11-22 10:00\"".to_string()),
+            Just("-17".to_string()),
+            Just("1795341600000".to_string()),
+            Just("18446744073709551615".to_string()),
+            Just("2.5".to_string()),
+            Just("1e3".to_string()),
+            Just("[1, \"a\"]".to_string()),
+            Just("{\"region\": \"eu\", \"n\": 3, \"ok\": false}".to_string()),
+            Just("{\"nested\": {\"a\": 1}}".to_string()),
+        ]
+    }
+
+    /// A valid event with some fields dropped or replaced by values of any JSON kind,
+    /// and sometimes extra fields: mostly near-misses, which is where decoders differ.
+    fn json_object() -> impl Strategy<Value = String> {
+        let valid = [
+            ("tenant", "\"acme\""),
+            ("ts", "\"2026-11-22T10:00:05Z\""),
+            ("kind", "\"click\""),
+            ("value", "2.5"),
+            ("labels", "{\"region\": \"eu\"}"),
+            ("id", "\"e-1\""),
+        ];
+        let field = |(name, good): (&'static str, &'static str)| {
+            prop_oneof![
+                6 => Just(Some(good.to_string())),
+                1 => Just(None),
+                3 => json_value().prop_map(Some),
+            ]
+            .prop_map(move |v| v.map(|v| format!("\"{name}\": {v}")))
+        };
+        let fields: Vec<_> = valid.into_iter().map(field).collect();
+        (fields, prop::option::of(json_value())).prop_map(|(fields, extra)| {
+            let mut inner: Vec<String> = fields.into_iter().flatten().collect();
+            if let Some(extra) = extra {
+                inner.push(format!("\"other\": {extra}"));
+            }
+            format!("{{{}}}", inner.join(", "))
+        })
+    }
+
+    proptest! {
+        /// The fast decoder (straight into rows) and the validating one (through a JSON
+        /// tree) accept exactly the same lines and build the same rows.
+        #[test]
+        fn fast_and_validating_decoders_agree(line in json_object()) {
+            let s = Stream::events(TimePolicy::DEFAULT);
+            let fast = decode_ndjson(&s, line.as_bytes()).unwrap();
+            let object: Map<String, Json> = serde_json::from_str(&line).unwrap();
+            match row_from_object(&s, &object) {
+                Ok(row) => prop_assert_eq!(fast.rows, vec![(1, row)]),
+                Err(e) => {
+                    prop_assert!(fast.rows.is_empty());
+                    prop_assert_eq!(&fast.rejected[0].error, &e);
+                }
+            }
+        }
     }
 
     #[test]
