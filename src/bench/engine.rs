@@ -13,7 +13,7 @@ use weir_engine::plan::Planner;
 use weir_engine::store::{ViewInfo, ViewStore};
 use weir_engine::value::{Row, Value};
 
-use super::{bench_streams, cores, peak_rss_bytes, Report};
+use super::{bench_streams, Report};
 
 pub const WINDOW_SQL: &str = "CREATE VIEW bench AS SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, kind, \
     count(*) AS n, sum(value) AS total, min(value) AS lo, max(value) AS hi FROM events \
@@ -71,14 +71,5 @@ pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Re
     let seconds = start.elapsed().as_secs_f64();
     let _ = tx.send(Command::Shutdown);
     let _ = worker.join();
-    Ok(Report {
-        workload: workload.into(),
-        events: rows.len(),
-        workers: 1,
-        seconds,
-        events_per_sec: rows.len() as f64 / seconds,
-        latency_ms: None,
-        peak_rss_bytes: peak_rss_bytes(),
-        cores: cores(),
-    })
+    Ok(Report::new(workload, rows.len(), seconds, Vec::new()))
 }

@@ -21,7 +21,7 @@ use weir_engine::schema::{Stream, TimePolicy};
 use weir_engine::value::Row;
 
 use super::engine::WINDOW_SQL;
-use super::{cores, peak_rss_bytes, Latency, Report};
+use super::Report;
 use crate::config::{Config, Overrides};
 use crate::serve::{start, Running};
 
@@ -49,19 +49,6 @@ fn bodies(rows: &[Row]) -> Vec<String> {
             body
         })
         .collect()
-}
-
-fn report(workload: &str, events: usize, seconds: f64, mut latencies: Vec<Duration>) -> Report {
-    Report {
-        workload: workload.into(),
-        events,
-        workers: 1,
-        seconds,
-        events_per_sec: events as f64 / seconds,
-        latency_ms: Latency::of(&mut latencies),
-        peak_rss_bytes: peak_rss_bytes(),
-        cores: cores(),
-    }
 }
 
 pub async fn ingest(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
@@ -106,7 +93,7 @@ pub async fn ingest(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Repo
     }
     let seconds = start.elapsed().as_secs_f64();
     running.stop().await?;
-    Ok(report(workload, rows.len(), seconds, latencies))
+    Ok(Report::new(workload, rows.len(), seconds, latencies))
 }
 
 pub async fn freshness(workload: &str, rows: &Arc<Vec<Row>>, rate: u64) -> anyhow::Result<Report> {
@@ -173,5 +160,5 @@ pub async fn freshness(workload: &str, rows: &Arc<Vec<Row>>, rate: u64) -> anyho
     }
     subscriber.abort();
     running.stop().await?;
-    Ok(report(workload, n, seconds, latencies))
+    Ok(Report::new(workload, n, seconds, latencies))
 }

@@ -53,6 +53,22 @@ pub struct Report {
     pub cores: usize,
 }
 
+impl Report {
+    /// A workload's result, with the process's memory and cores read now.
+    pub fn new(workload: &str, events: usize, seconds: f64, mut latencies: Vec<Duration>) -> Report {
+        Report {
+            workload: workload.into(),
+            events,
+            workers: 1,
+            seconds,
+            events_per_sec: events as f64 / seconds,
+            latency_ms: Latency::of(&mut latencies),
+            peak_rss_bytes: peak_rss_bytes(),
+            cores: cores(),
+        }
+    }
+}
+
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Serialize)]
 pub struct Latency {
