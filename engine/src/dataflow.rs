@@ -360,13 +360,16 @@ fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s>
         }
         Node::Aggregate { input, keys, aggregates } => {
             let keys = keys.clone();
-            let args: Vec<(Scalar, Option<Scalar>)> = aggregates.iter().map(|a| (a.arg.clone(), a.filter.clone())).collect();
-            let aggs: Vec<Aggregate> = aggregates.clone();
+            // Each event carries one value per *distinct* aggregate input, and none for a
+            // constant one (count(*)): the arrangement behind the reduce is smaller, and
+            // events whose values coincide consolidate before they reach it.
+            let (inputs, slots) = aggregate_inputs(aggregates);
+            let aggs: Vec<(Aggregate, Slot)> = aggregates.iter().cloned().zip(slots).collect();
             let global = keys.is_empty();
             let grouped = build(input, source, scope)
                 .map(move |row| {
                     let key = eval_all(&keys, &row);
-                    let vals: Row = args
+                    let vals: Row = inputs
                         .iter()
                         .map(|(arg, filter)| match filter {
                             Some(f) if !f.passes(&row) => Value::Null,
@@ -376,7 +379,7 @@ fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s>
                     (key, vals)
                 })
                 .reduce(move |_key, vals: &[(&Row, isize)], out: &mut Vec<(Row, isize)>| {
-                    out.push((aggs.iter().enumerate().map(|(i, a)| aggregate(a, i, vals)).collect(), 1));
+                    out.push((aggs.iter().map(|(a, slot)| aggregate(a, slot, vals)).collect(), 1));
                 })
                 .map(|(mut key, vals)| {
                     key.extend(vals);
@@ -416,17 +419,51 @@ fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
     Some(row)
 }
 
-/// Computes aggregate `a` (argument position `i`) over a group's values.
-fn aggregate(a: &Aggregate, i: usize, vals: &[(&Row, isize)]) -> Value {
+/// Where an aggregate finds its input value for each event.
+#[derive(Clone)]
+enum Slot {
+    /// At this position of the event's values.
+    Column(usize),
+    /// The same for every event (e.g. the 1 of `count(*)`).
+    Constant(Value),
+}
+
+/// The distinct `(argument, filter)` inputs of the aggregates, and each aggregate's slot.
+fn aggregate_inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<Slot>) {
+    let mut inputs: Vec<(Scalar, Option<Scalar>)> = Vec::new();
+    let slots = aggregates
+        .iter()
+        .map(|a| match (&a.arg, &a.filter) {
+            (Scalar::Literal(v), None) => Slot::Constant(v.clone()),
+            (arg, filter) => {
+                let input = (arg.clone(), filter.clone());
+                let i = inputs.iter().position(|x| *x == input).unwrap_or_else(|| {
+                    inputs.push(input);
+                    inputs.len() - 1
+                });
+                Slot::Column(i)
+            }
+        })
+        .collect();
+    (inputs, slots)
+}
+
+/// Computes aggregate `a` over a group's values.
+fn aggregate(a: &Aggregate, slot: &Slot, vals: &[(&Row, isize)]) -> Value {
+    let present = vals.iter().filter(|(_, n)| *n > 0);
+    let values: Box<dyn Iterator<Item = (&Value, isize)>> = match slot {
+        Slot::Column(i) => Box::new(present.map(|(row, n)| (&row[*i], *n)).filter(|(v, _)| !v.is_null())),
+        Slot::Constant(Value::Null) => Box::new(std::iter::empty()),
+        Slot::Constant(v) => Box::new(present.map(move |(_, n)| (v, *n))),
+    };
     let mut distinct: Vec<&Value> = Vec::new();
-    let values = vals.iter().filter(|(row, n)| *n > 0 && !row[i].is_null());
     let items: Box<dyn Iterator<Item = (&Value, isize)>> = if a.distinct {
-        distinct.extend(values.map(|(row, _)| &row[i]));
+        distinct.extend(values.map(|(v, _)| v));
         distinct.sort();
         distinct.dedup();
         Box::new(distinct.iter().map(|v| (*v, 1)))
     } else {
-        Box::new(values.map(|(row, n)| (&row[i], *n)))
+        values
     };
     let mut count: i64 = 0;
     let mut int_sum: i64 = 0;

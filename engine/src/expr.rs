@@ -22,7 +22,7 @@ use crate::time::{format_rfc3339_ms, parse_rfc3339_ms};
 use crate::value::{Row, Value};
 
 /// A compiled scalar expression.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)] // each variant's doc describes its fields
 pub enum Scalar {
     /// The value at a row position.
