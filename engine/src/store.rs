@@ -13,7 +13,7 @@
 //! it saw resume where it stopped; when that epoch has left the history it is told to
 //! take a new snapshot.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{broadcast, watch};
@@ -21,8 +21,6 @@ use tokio::sync::{broadcast, watch};
 use crate::schema::Columns;
 use crate::time::Epoch;
 use crate::value::Row;
-
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// How many change rows a view keeps for resuming subscribers.
 const HISTORY_ROWS: usize = 100_000;
@@ -74,7 +72,10 @@ impl ViewInfo {
 
 struct LiveState {
     epoch: Epoch,
-    rows: HashMap<Row, isize>,
+    /// The rows with their multiplicities. Ordered, so snapshots need no sort, and it
+    /// grows without the whole-table rehash pauses a hash map has (they showed as
+    /// freshness stalls).
+    rows: BTreeMap<Row, isize>,
     history: VecDeque<Arc<EpochChanges>>,
     history_rows: usize,
     /// Every change after this epoch is in `history`.
@@ -128,7 +129,7 @@ impl LiveView {
         let (epoch_tx, _) = watch::channel(0);
         LiveView {
             info,
-            state: Mutex::new(LiveState { epoch: 0, rows: HashMap::default(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
+            state: Mutex::new(LiveState { epoch: 0, rows: BTreeMap::new(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
             changes,
             epoch: epoch_tx,
         }
@@ -207,14 +208,13 @@ impl LiveView {
     }
 }
 
-fn expand(rows: &HashMap<Row, isize>) -> Vec<Row> {
+fn expand(rows: &BTreeMap<Row, isize>) -> Vec<Row> {
     let mut out = Vec::with_capacity(rows.len());
     for (row, n) in rows {
         for _ in 0..(*n).max(0) {
             out.push(row.clone());
         }
     }
-    out.sort();
     out
 }
 
