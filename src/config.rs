@@ -31,6 +31,9 @@ pub struct Config {
     /// Ingest limits.
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// The write-ahead log.
+    #[serde(default)]
+    pub wal: WalConfig,
     /// Streams by name. `events` and `rejected` are built in; their time policy can be set here.
     #[serde(default)]
     pub streams: BTreeMap<String, StreamConfig>,
@@ -52,6 +55,26 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig { max_body_bytes: default_max_body_bytes() }
     }
+}
+
+/// `[wal]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    /// Size in bytes at which the log starts a new segment. Whole segments are deleted
+    /// once all their events have left retention.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig { segment_bytes: default_segment_bytes() }
+    }
+}
+
+fn default_segment_bytes() -> u64 {
+    weir_engine::wal::SEGMENT_BYTES
 }
 
 /// `[streams.NAME]`

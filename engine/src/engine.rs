@@ -20,7 +20,7 @@ use crate::plan::Planner;
 use crate::schema::{Stream, EVENTS, REJECTED};
 use crate::store::{LiveView, ViewInfo, ViewStore};
 use crate::time::{parse_duration_ms, Epoch};
-use crate::wal::Wal;
+use crate::wal::{Entry, Wal};
 
 /// What the engine needs to start.
 pub struct EngineConfig {
@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub streams: Vec<Stream>,
     /// Views from the configuration file, created at every start.
     pub views: Vec<ViewDefinition>,
+    /// Size at which the write-ahead log starts a new segment.
+    pub segment_bytes: u64,
 }
 
 /// A running engine.
@@ -46,7 +48,7 @@ pub struct Engine {
 impl Engine {
     /// Opens the data directory, recovers every acknowledged event, and starts.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
-        let EngineConfig { data_dir, mut streams, views } = config;
+        let EngineConfig { data_dir, mut streams, views, segment_bytes } = config;
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
         if !streams.iter().any(|s| s.name == EVENTS) {
             streams.insert(0, Stream::events(crate::schema::TimePolicy::DEFAULT));
@@ -63,18 +65,25 @@ impl Engine {
         let mut unknown = 0usize;
         let wal_dir = data_dir.join("wal");
         let replay_streams = streams.clone();
+        let mut replayed_events = false;
         let wal = tokio::task::block_in_place(|| {
-            Wal::open(&wal_dir, |record| {
-                state.last_epoch = state.last_epoch.max(record.epoch);
-                let Some(i) = replay_streams.iter().position(|s| s.name == record.stream) else {
-                    unknown += record.rows.len();
-                    return;
-                };
-                for row in &record.rows {
-                    if row.len() == replay_streams[i].columns.len() {
-                        recovered[i].push(state.admit(&replay_streams, i, row));
-                    } else {
-                        unknown += 1;
+            Wal::open(&wal_dir, segment_bytes, |entry| match entry {
+                // the oldest segment's checkpoint is the state replay starts from
+                Entry::Checkpoint(checkpoint) if !replayed_events => state.restore(&replay_streams, &checkpoint),
+                Entry::Checkpoint(_) => {}
+                Entry::Events(record) => {
+                    replayed_events = true;
+                    state.last_epoch = state.last_epoch.max(record.epoch);
+                    let Some(i) = replay_streams.iter().position(|s| s.name == record.stream) else {
+                        unknown += record.rows.len();
+                        return;
+                    };
+                    for row in &record.rows {
+                        if row.len() == replay_streams[i].columns.len() {
+                            recovered[i].push(state.admit(&replay_streams, i, row));
+                        } else {
+                            unknown += 1;
+                        }
                     }
                 }
             })

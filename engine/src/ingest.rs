@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::schema::{Stream, REJECTED};
 use crate::time::{format_rfc3339_ms, now_ms, Epoch};
 use crate::value::{Row, Value};
-use crate::wal::{Record, Wal};
+use crate::wal::{Checkpoint, Record, Wal};
 
 /// A line of input that was refused, with why.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +101,36 @@ impl GateState {
         Event { row: row.clone(), ts, late_by }
     }
 
+    /// The state a log segment starting now would record.
+    pub fn checkpoint(&self, streams: &[Stream]) -> Checkpoint {
+        let watermarks = streams
+            .iter()
+            .zip(&self.watermarks)
+            .filter(|(_, w)| **w != i64::MIN)
+            .map(|(s, w)| (s.name.clone(), *w))
+            .collect();
+        Checkpoint { last_epoch: self.last_epoch, watermarks }
+    }
+
+    /// Starts from a log segment's checkpoint.
+    pub fn restore(&mut self, streams: &[Stream], checkpoint: &Checkpoint) {
+        self.last_epoch = self.last_epoch.max(checkpoint.last_epoch);
+        for (name, w) in &checkpoint.watermarks {
+            if let Some(i) = streams.iter().position(|s| s.name == *name) {
+                self.watermarks[i] = self.watermarks[i].max(*w);
+            }
+        }
+    }
+
+    /// Whether every event of `stream` up to `max_ts` has left retention (or the stream
+    /// is gone), so that the log no longer needs them.
+    fn expired(&self, streams: &[Stream], stream: &str, max_ts: i64) -> bool {
+        match streams.iter().position(|s| s.name == stream) {
+            Some(i) => max_ts < self.watermarks[i].saturating_sub(streams[i].policy.retention_ms),
+            None => true,
+        }
+    }
+
     /// Forgets idempotency keys of events that have left retention: a repeat of one of
     /// those would be refused as late anyway.
     fn prune(&mut self, streams: &[Stream]) {
@@ -159,6 +189,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: R
             }
         }
         let epoch = (now_ms().max(0) as Epoch).max(state.last_epoch + 1);
+        let before = state.checkpoint(&streams);
         let mut receipts = Vec::with_capacity(group.len());
         let mut accepted: Vec<Vec<Event>> = vec![Vec::new(); streams.len()];
         let mut failed: Option<String> = None;
@@ -221,14 +252,15 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: R
             if events.is_empty() {
                 continue;
             }
-            let record = Record { epoch, stream: streams[i].name.clone(), rows: events.iter().map(|e| e.row.clone()).collect() };
+            let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
+            let record = Record { epoch, stream: streams[i].name.clone(), max_ts, rows: events.iter().map(|e| e.row.clone()).collect() };
             if let Err(e) = wal.append(&record) {
                 failed = Some(e.to_string());
             }
             batches.push(Batch { epoch, stream: i, events, watermark: state.watermarks[i] });
         }
         if failed.is_none() {
-            if let Err(e) = wal.commit() {
+            if let Err(e) = wal.commit(|| before) {
                 failed = Some(e.to_string());
             }
         }
@@ -243,6 +275,10 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: R
         }
         state.last_epoch = epoch;
         state.prune(&streams);
+        if let Err(e) = wal.truncate(|stream, max_ts| state.expired(&streams, stream, max_ts)) {
+            // the segments stay; the next commit tries again
+            tracing::warn!(error = %e, "could not delete expired log segments");
+        }
         if dataflow.send(Command::Ingest { epoch, batches }).is_err() {
             return;
         }

@@ -9,6 +9,12 @@
 //! and then synced once. A crash can leave a torn record at the end of the last segment;
 //! it was never acknowledged, so recovery cuts the segment back to the last whole
 //! record. Damage anywhere else is reported, never skipped silently.
+//!
+//! Every segment opens with a [`Checkpoint`]: the last epoch and every stream's
+//! watermark at that point. Replay can therefore start at any segment and rebuild
+//! exactly the state the original run had, which is what lets sealed segments whose
+//! events have all left retention be deleted ([`Wal::truncate`]): disk use and restart
+//! time stay bounded by retention, however long Weir runs.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Write};
@@ -20,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::time::Epoch;
 use crate::value::Row;
 
-const SEGMENT_BYTES: u64 = 64 << 20;
+/// The default size at which a new segment is started.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
 const MAX_RECORD: usize = 1 << 30;
 
 /// One logged batch: rows accepted into a stream in an epoch.
@@ -30,8 +37,41 @@ pub struct Record {
     pub epoch: Epoch,
     /// The stream's name.
     pub stream: String,
+    /// The largest event time among the rows.
+    pub max_ts: i64,
     /// The rows, in stream column order.
     pub rows: Vec<Row>,
+}
+
+/// The state at the start of a segment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last epoch committed before the segment.
+    pub last_epoch: Epoch,
+    /// Each stream's watermark before the segment (streams without events are absent).
+    pub watermarks: Vec<(String, i64)>,
+}
+
+/// What the log holds, in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Entry {
+    /// The first entry of every segment.
+    Checkpoint(Checkpoint),
+    /// Accepted rows.
+    Events(Record),
+}
+
+/// A segment that is no longer written to, with the largest event time per stream.
+struct Sealed {
+    number: u64,
+    max_ts: Vec<(String, i64)>,
+}
+
+fn note_max(max_ts: &mut Vec<(String, i64)>, stream: &str, ts: i64) {
+    match max_ts.iter_mut().find(|(s, _)| s == stream) {
+        Some((_, m)) => *m = (*m).max(ts),
+        None => max_ts.push((stream.to_string(), ts)),
+    }
 }
 
 /// The log, open for appending.
@@ -41,6 +81,9 @@ pub struct Wal {
     segment: u64,
     written: u64,
     buffer: Vec<u8>,
+    sealed: Vec<Sealed>,
+    active_max_ts: Vec<(String, i64)>,
+    segment_bytes: u64,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -62,16 +105,25 @@ fn segments(dir: &Path) -> Result<Vec<u64>> {
 }
 
 impl Wal {
-    /// Opens the log in `dir`, calling `replay` with every record in order, and leaves it
+    /// Opens the log in `dir`, calling `replay` with every entry in order, and leaves it
     /// ready to append after the last whole record.
-    pub fn open(dir: &Path, mut replay: impl FnMut(Record)) -> Result<Wal> {
+    pub fn open(dir: &Path, segment_bytes: u64, mut replay: impl FnMut(Entry)) -> Result<Wal> {
         fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let all = segments(dir)?;
         let last = all.last().copied();
+        let mut sealed = Vec::new();
+        let mut active_max_ts = Vec::new();
         for &n in &all {
             let path = segment_path(dir, n);
-            let valid = read_segment(&path, Some(n) == last, &mut replay)?;
+            let mut max_ts = Vec::new();
+            let valid = read_segment(&path, Some(n) == last, &mut |entry| {
+                if let Entry::Events(r) = &entry {
+                    note_max(&mut max_ts, &r.stream, r.max_ts);
+                }
+                replay(entry)
+            })?;
             if Some(n) == last {
+                active_max_ts = max_ts;
                 let len = fs::metadata(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
                 if valid < len {
                     tracing::warn!(segment = %path.display(), valid, len, "cutting a torn record from the end of the log");
@@ -79,34 +131,55 @@ impl Wal {
                     f.set_len(valid).map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
                     f.sync_all().map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
                 }
+            } else {
+                sealed.push(Sealed { number: n, max_ts });
             }
         }
         let segment = last.unwrap_or(1);
         let path = segment_path(dir, segment);
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let written = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
-        if last.is_none() {
+        let mut wal = Wal { dir: dir.to_path_buf(), file, segment, written, buffer: Vec::new(), sealed, active_max_ts, segment_bytes };
+        if written == 0 {
+            // a new (or emptied) log starts with the empty state
+            wal.write_checkpoint(&Checkpoint::default())?;
             sync_dir(dir)?;
         }
-        Ok(Wal { dir: dir.to_path_buf(), file, segment, written, buffer: Vec::new() })
+        Ok(wal)
     }
 
-    /// Adds a record to the pending group; nothing is durable until [`Wal::commit`].
-    pub fn append(&mut self, record: &Record) -> Result<()> {
-        let payload = bincode::serialize(record).map_err(|e| Error::Log(format!("encoding a record: {e}")))?;
+    /// Appends one framed entry to the pending buffer.
+    fn frame(&mut self, entry: &EntryRef<'_>) -> Result<()> {
+        let payload = bincode::serialize(entry).map_err(|e| Error::Log(format!("encoding a record: {e}")))?;
         self.buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         self.buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         self.buffer.extend_from_slice(&payload);
         Ok(())
     }
 
-    /// Writes the pending group and syncs it to disk.
-    pub fn commit(&mut self) -> Result<()> {
+    fn write_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let pending = std::mem::take(&mut self.buffer);
+        self.frame(&EntryRef::Checkpoint(checkpoint))?;
+        let result = self.file.write_all(&self.buffer).and_then(|_| self.file.sync_data());
+        self.written += self.buffer.len() as u64;
+        self.buffer = pending;
+        result.map_err(|e| Error::io("writing a checkpoint to the write-ahead log", e))
+    }
+
+    /// Adds a record to the pending group; nothing is durable until [`Wal::commit`].
+    pub fn append(&mut self, record: &Record) -> Result<()> {
+        note_max(&mut self.active_max_ts, &record.stream, record.max_ts);
+        self.frame(&EntryRef::Events(record))
+    }
+
+    /// Writes the pending group and syncs it to disk. `before` is the state before the
+    /// group: if the group starts a new segment, it is that segment's checkpoint.
+    pub fn commit(&mut self, before: impl FnOnce() -> Checkpoint) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        if self.written > 0 && self.written + self.buffer.len() as u64 > SEGMENT_BYTES {
-            self.rotate()?;
+        if self.written > 0 && self.written + self.buffer.len() as u64 > self.segment_bytes {
+            self.rotate(&before())?;
         }
         let result = self.file.write_all(&self.buffer).and_then(|_| self.file.sync_data());
         self.written += self.buffer.len() as u64;
@@ -114,13 +187,44 @@ impl Wal {
         result.map_err(|e| Error::io("appending to the write-ahead log", e))
     }
 
-    fn rotate(&mut self) -> Result<()> {
+    fn rotate(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let max_ts = std::mem::take(&mut self.active_max_ts);
+        self.sealed.push(Sealed { number: self.segment, max_ts });
         self.segment += 1;
         let path = segment_path(&self.dir, self.segment);
         self.file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         self.written = 0;
+        self.write_checkpoint(checkpoint)?;
         sync_dir(&self.dir)
     }
+
+    /// Deletes the oldest sealed segments whose every event is expired, as
+    /// `expired(stream, max_ts)` says; returns how many were deleted.
+    pub fn truncate(&mut self, expired: impl Fn(&str, i64) -> bool) -> Result<usize> {
+        let deletable = self.sealed.iter().take_while(|s| s.max_ts.iter().all(|(stream, ts)| expired(stream, *ts))).count();
+        for s in self.sealed.drain(..deletable) {
+            let path = segment_path(&self.dir, s.number);
+            fs::remove_file(&path).map_err(|e| Error::io(format!("deleting {}", path.display()), e))?;
+            tracing::info!(segment = %path.display(), "deleted a log segment whose events have all left retention");
+        }
+        if deletable > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(deletable)
+    }
+
+    /// How many segment files the log has.
+    pub fn segments(&self) -> usize {
+        self.sealed.len() + 1
+    }
+}
+
+/// [`Entry`] with borrowed rows, so that appending does not copy them: serializes to
+/// the same bytes as `Entry`.
+#[derive(Serialize)]
+enum EntryRef<'a> {
+    Checkpoint(&'a Checkpoint),
+    Events(&'a Record),
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -129,7 +233,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Reads a segment's records; returns the byte length of its whole records. A bad
 /// record ends a last segment (a torn write) but is an error anywhere else.
-fn read_segment(path: &Path, is_last: bool, replay: &mut impl FnMut(Record)) -> Result<u64> {
+fn read_segment(path: &Path, is_last: bool, replay: &mut impl FnMut(Entry)) -> Result<u64> {
     let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offset: u64 = 0;
@@ -156,8 +260,8 @@ fn read_segment(path: &Path, is_last: bool, replay: &mut impl FnMut(Record)) -> 
         if crc32fast::hash(&payload) != crc {
             return torn(path, is_last, offset, "a record whose checksum does not match");
         }
-        let record: Record = bincode::deserialize(&payload).map_err(|e| Error::Log(format!("{} at byte {offset}: undecodable record: {e}", path.display())))?;
-        replay(record);
+        let entry: Entry = bincode::deserialize(&payload).map_err(|e| Error::Log(format!("{} at byte {offset}: undecodable record: {e}", path.display())))?;
+        replay(entry);
         offset += 8 + len as u64;
     }
 }
@@ -189,48 +293,79 @@ mod tests {
     use crate::value::Value;
 
     fn record(epoch: Epoch, n: i64) -> Record {
-        Record { epoch, stream: "events".into(), rows: vec![vec![Value::Int(n), Value::str("x")]] }
+        Record { epoch, stream: "events".into(), max_ts: n, rows: vec![vec![Value::Int(n), Value::str("x")]] }
+    }
+
+    fn epochs(dir: &Path) -> Vec<Epoch> {
+        let mut seen = Vec::new();
+        Wal::open(dir, SEGMENT_BYTES, |e| {
+            if let Entry::Events(r) = e {
+                seen.push(r.epoch)
+            }
+        })
+        .unwrap();
+        seen
     }
 
     #[test]
     fn records_survive_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), |_| panic!("empty log")).unwrap();
+        let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |e| assert!(matches!(e, Entry::Checkpoint(_)), "empty log")).unwrap();
         wal.append(&record(1, 10)).unwrap();
         wal.append(&record(2, 20)).unwrap();
-        wal.commit().unwrap();
+        wal.commit(Checkpoint::default).unwrap();
         drop(wal);
         // simulate a crash halfway through writing a third record
         let path = segment_path(dir.path(), 1);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
         drop(f);
-        let mut seen = Vec::new();
-        let mut wal = Wal::open(dir.path(), |r| seen.push(r.epoch)).unwrap();
-        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(epochs(dir.path()), vec![1, 2]);
+        let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
         wal.append(&record(3, 30)).unwrap();
-        wal.commit().unwrap();
+        wal.commit(Checkpoint::default).unwrap();
         drop(wal);
-        let mut seen = Vec::new();
-        Wal::open(dir.path(), |r| seen.push(r.epoch)).unwrap();
-        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(epochs(dir.path()), vec![1, 2, 3]);
     }
 
     #[test]
     fn damage_before_the_last_segment_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), |_| {}).unwrap();
+        let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
         wal.append(&record(1, 10)).unwrap();
-        wal.commit().unwrap();
-        wal.rotate().unwrap();
+        wal.commit(Checkpoint::default).unwrap();
+        wal.rotate(&Checkpoint::default()).unwrap();
         wal.append(&record(2, 20)).unwrap();
-        wal.commit().unwrap();
+        wal.commit(Checkpoint::default).unwrap();
         drop(wal);
         let path = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&path, bytes).unwrap();
-        assert!(matches!(Wal::open(dir.path(), |_| {}), Err(Error::Log(_))));
+        assert!(matches!(Wal::open(dir.path(), SEGMENT_BYTES, |_| {}), Err(Error::Log(_))));
+    }
+
+    #[test]
+    fn expired_segments_are_deleted_oldest_first_and_replay_starts_at_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
+        for (epoch, ts) in [(1, 100), (2, 500), (3, 200)] {
+            wal.append(&record(epoch, ts)).unwrap();
+            wal.commit(Checkpoint::default).unwrap();
+            let state = Checkpoint { last_epoch: epoch, watermarks: vec![("events".into(), ts)] };
+            wal.rotate(&state).unwrap();
+        }
+        assert_eq!(wal.segments(), 4);
+        // segment 2 (max 500) is not expired: only segment 1 may go, though 3 could
+        assert_eq!(wal.truncate(|_, ts| ts < 300).unwrap(), 1);
+        assert_eq!(wal.segments(), 3);
+        drop(wal);
+        let mut entries = Vec::new();
+        Wal::open(dir.path(), SEGMENT_BYTES, |e| entries.push(e)).unwrap();
+        let Entry::Checkpoint(first) = &entries[0] else { panic!("replay starts at a checkpoint") };
+        assert_eq!(first, &Checkpoint { last_epoch: 1, watermarks: vec![("events".into(), 100)] });
+        let replayed: Vec<Epoch> = entries.iter().filter_map(|e| if let Entry::Events(r) = e { Some(r.epoch) } else { None }).collect();
+        assert_eq!(replayed, vec![2, 3]);
     }
 }

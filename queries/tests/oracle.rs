@@ -14,6 +14,7 @@ use weir_engine::catalog::ViewDefinition;
 use weir_engine::ingest::Decoded;
 use weir_engine::schema::{Stream, TimePolicy};
 use weir_engine::value::{Row, Value};
+use weir_engine::wal::SEGMENT_BYTES;
 use weir_engine::{Engine, EngineConfig};
 
 /// (name, SELECT): each becomes `CREATE VIEW name AS SELECT …`, and the SELECT alone is the oracle.
@@ -97,7 +98,7 @@ async fn check(batches: Vec<Vec<GenEvent>>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
     let views = VIEWS.iter().map(|(name, select)| ViewDefinition { sql: format!("CREATE VIEW {name} AS {select}"), lateness: None, retention: None }).collect();
-    let engine = Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views }).await.unwrap();
+    let engine = Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views, segment_bytes: SEGMENT_BYTES }).await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
     let mut accepted: Vec<Row> = Vec::new();
     let mut ids: HashSet<String> = HashSet::new();
@@ -150,7 +151,7 @@ proptest! {
 async fn late_views_and_restarts_see_every_accepted_event() {
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
-    let open = || Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views: vec![] });
+    let open = || Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views: vec![], segment_bytes: SEGMENT_BYTES });
     let engine = open().await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
     let sample: Vec<GenEvent> = (0..40)
