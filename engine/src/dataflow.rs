@@ -343,6 +343,26 @@ fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s>
             build(base, source, scope).flat_map(move |row| apply_steps(&steps, row))
         }
         Node::Distinct { input } => build(input, source, scope).distinct(),
+        Node::Join { left, right, left_keys, right_keys, residual } => {
+            let keyed = |keys: &Vec<Scalar>, side: Rows<'s>| {
+                let keys = keys.clone();
+                // NULL keys never match in an inner join
+                side.flat_map(move |row| {
+                    let key = eval_all(&keys, &row);
+                    (!key.iter().any(Value::is_null)).then_some((key, row))
+                })
+                .arrange_by_key()
+            };
+            let l = keyed(left_keys, build(left, source.clone(), scope));
+            let r = keyed(right_keys, build(right, source, scope));
+            let residual = residual.clone();
+            l.join_core(r, move |_key, l: &Row, r: &Row| {
+                let mut row = Vec::with_capacity(l.len() + r.len());
+                row.extend_from_slice(l);
+                row.extend_from_slice(r);
+                residual.as_ref().is_none_or(|p| p.passes(&row)).then_some(row)
+            })
+        }
         Node::Unnest { input, column, preserve_nulls } => {
             let (column, preserve_nulls) = (*column, *preserve_nulls);
             build(input, source, scope).flat_map(move |row| {

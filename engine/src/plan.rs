@@ -70,6 +70,20 @@ pub enum Node {
         /// The input.
         input: Box<Node>,
     },
+    /// Inner equi-join: each pair of rows with equal, non-NULL keys becomes `left ++ right`,
+    /// kept if the residual condition holds.
+    Join {
+        /// The left input.
+        left: Box<Node>,
+        /// The right input.
+        right: Box<Node>,
+        /// Key expressions over left rows.
+        left_keys: Vec<Scalar>,
+        /// Key expressions over right rows, position by position.
+        right_keys: Vec<Scalar>,
+        /// The rest of the join condition, over `left ++ right`.
+        residual: Option<Scalar>,
+    },
     /// Each row once per element of the list in `column`, with the element in its place.
     Unnest {
         /// The input.
@@ -197,7 +211,7 @@ fn lower(plan: &LogicalPlan, stream: &mut Option<String>) -> Result<Node> {
         LogicalPlan::TableScan(scan) => {
             let name = scan.table_name.table().to_string();
             if let Some(other) = stream.as_ref().filter(|s| **s != name) {
-                return Err(Error::Sql(format!("a view reads one stream; this one reads {other} and {name} (joins are not supported yet)")));
+                return Err(Error::Sql(format!("a view reads one stream; this one reads {other} and {name} (views over several streams are not supported yet)")));
             }
             *stream = Some(name);
             if !scan.filters.is_empty() || scan.fetch.is_some() {
@@ -240,7 +254,7 @@ fn lower(plan: &LogicalPlan, stream: &mut Option<String>) -> Result<Node> {
         }
         LogicalPlan::Distinct(Distinct::All(input)) => Node::Distinct { input: Box::new(lower(input, stream)?) },
         LogicalPlan::Distinct(Distinct::On(_)) => return Err(unsupported("DISTINCT ON")),
-        LogicalPlan::Join(_) => return Err(unsupported("JOIN")),
+        LogicalPlan::Join(j) => lower_join(j, stream)?,
         LogicalPlan::Sort(_) => return Err(unsupported("ORDER BY (a view is an unordered set; order when you read it)")),
         LogicalPlan::Limit(_) => return Err(unsupported("LIMIT/OFFSET")),
         LogicalPlan::Window(_) => return Err(unsupported("window functions (OVER)")),
@@ -262,6 +276,51 @@ fn lower(plan: &LogicalPlan, stream: &mut Option<String>) -> Result<Node> {
         LogicalPlan::RecursiveQuery(_) => return Err(unsupported("WITH RECURSIVE")),
         other => return Err(unsupported(&format!("the plan node {}", other.display()))),
     })
+}
+
+fn lower_join(j: &datafusion::logical_expr::Join, stream: &mut Option<String>) -> Result<Node> {
+    use datafusion::common::NullEquality;
+    use datafusion::logical_expr::{JoinType, Operator};
+    if j.join_type != JoinType::Inner {
+        return Err(Error::Sql(format!("{} JOIN is not supported in views (inner joins are)", j.join_type.to_string().to_uppercase())));
+    }
+    if j.null_equality != NullEquality::NullEqualsNothing || j.null_aware {
+        return Err(unsupported("a join on IS NOT DISTINCT FROM"));
+    }
+    let (ls, rs) = (j.left.schema(), j.right.schema());
+    let mut left_keys = Vec::new();
+    let mut right_keys = Vec::new();
+    for (l, r) in &j.on {
+        left_keys.push(compile(l, ls)?);
+        right_keys.push(compile(r, rs)?);
+    }
+    // Equalities between the two sides in ON become keys too; the rest is checked on
+    // each joined row.
+    let mut residual: Option<Scalar> = None;
+    if let Some(filter) = &j.filter {
+        for part in datafusion::logical_expr::utils::split_conjunction(filter) {
+            if let Expr::BinaryExpr(b) = part {
+                if b.op == Operator::Eq {
+                    let straight = compile(&b.left, ls).and_then(|l| Ok((l, compile(&b.right, rs)?)));
+                    let swapped = || compile(&b.right, ls).and_then(|l| Ok((l, compile(&b.left, rs)?)));
+                    if let Ok((l, r)) = straight.or_else(|_| swapped()) {
+                        left_keys.push(l);
+                        right_keys.push(r);
+                        continue;
+                    }
+                }
+            }
+            let condition = compile(part, &j.schema)?;
+            residual = Some(match residual {
+                None => condition,
+                Some(before) => Scalar::Binary(Box::new(before), crate::expr::BinOp::And, Box::new(condition)),
+            });
+        }
+    }
+    if left_keys.is_empty() {
+        return Err(unsupported("a JOIN without an equality between its two sides (a cross join)"));
+    }
+    Ok(Node::Join { left: Box::new(lower(&j.left, stream)?), right: Box::new(lower(&j.right, stream)?), left_keys, right_keys, residual })
 }
 
 fn lower_aggregate(e: &Expr, schema: &datafusion::common::DFSchema, output: DataType) -> Result<Aggregate> {

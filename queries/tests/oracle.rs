@@ -35,6 +35,22 @@ const VIEWS: &[(&str, &str)] = &[
     ),
     ("regions", "SELECT DISTINCT tenant, labels['region'] AS region FROM events"),
     (
+        "with_tenant_totals",
+        "SELECT e.tenant, e.kind, e.value, t.n FROM events e \
+         JOIN (SELECT tenant, count(*) AS n FROM events GROUP BY tenant) t ON e.tenant = t.tenant WHERE e.value > 50",
+    ),
+    (
+        "top_per_minute",
+        "SELECT m.minute, e.tenant, e.value FROM events e \
+         JOIN (SELECT date_bin(INTERVAL '1 minute', ts) AS minute, max(value) AS top FROM events GROUP BY date_bin(INTERVAL '1 minute', ts)) m \
+         ON date_bin(INTERVAL '1 minute', e.ts) = m.minute AND e.value = m.top",
+    ),
+    (
+        "bigger_pairs",
+        "SELECT a.tenant, a.kind AS k1, b.kind AS k2, b.value - a.value AS gap FROM events a \
+         JOIN events b ON a.tenant = b.tenant AND a.value < b.value WHERE a.kind = 'buy' AND b.kind = 'click'",
+    ),
+    (
         "hopping",
         "SELECT window_start, tenant, count(*) AS n, sum(value) AS total FROM \
          (SELECT unnest(hop(INTERVAL '2 minutes', INTERVAL '6 minutes', ts)) AS window_start, tenant, value FROM events) \

@@ -80,7 +80,8 @@ async fn errors_are_json_with_codes() {
     assert!(body["message"].as_str().unwrap().contains("200 bytes"));
 
     for (sql, construct) in [
-        ("CREATE VIEW j AS SELECT a.tenant FROM events a JOIN events b ON a.tenant = b.tenant", "JOIN"),
+        ("CREATE VIEW j AS SELECT a.tenant FROM events a LEFT JOIN events b ON a.tenant = b.tenant", "LEFT JOIN"),
+        ("CREATE VIEW c AS SELECT a.tenant FROM events a, events b WHERE a.tenant = b.tenant", "cross join"),
         ("CREATE VIEW o AS SELECT tenant FROM events ORDER BY tenant", "ORDER BY"),
         ("CREATE VIEW w AS SELECT tenant, row_number() OVER (ORDER BY ts) AS r FROM events", "window functions"),
         ("CREATE VIEW l AS SELECT tenant FROM events LIMIT 3", "LIMIT"),
