@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use weir_engine::dataflow::{run_worker, Batch, Command, Event, ViewTime};
 use weir_engine::plan::Planner;
 use weir_engine::store::{ViewInfo, ViewStore};
+use weir_engine::schema::Stream;
 use weir_engine::value::{Row, Value};
 
 use super::{bench_streams, Report};
@@ -26,8 +27,16 @@ pub const DISTINCT_SQL: &str = "CREATE VIEW bench AS SELECT date_bin(INTERVAL '1
 
 const BATCH: usize = 10_000;
 
+/// Runs a view over the `events` stream.
 pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
-    let streams = Arc::new(bench_streams());
+    let mut streams = bench_streams();
+    run_on(workload, streams.remove(0), sql, rows)
+}
+
+/// Runs a view over `stream` (fed `rows`, which must be of its schema).
+pub fn run_on(workload: &str, stream: Stream, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+    let time_column = stream.time;
+    let streams = Arc::new(vec![stream, bench_streams().pop().expect("the rejected stream")]);
     let store = Arc::new(ViewStore::default());
     let (tx, rx) = mpsc::channel();
     let worker = {
@@ -49,7 +58,7 @@ pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Re
         let events: Vec<Event> = chunk
             .iter()
             .map(|row| {
-                let ts = match row[1] {
+                let ts = match row[time_column] {
                     Value::Timestamp(t) => t,
                     _ => 0,
                 };

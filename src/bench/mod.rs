@@ -7,12 +7,14 @@
 //!   ingest-http                                  NDJSON batches over loopback HTTP, log fsync'd
 //!   freshness                                    fixed offered load; ack → SSE subscriber latency
 //!   recovery                                     restart time with N events in the log
+//!   nexmark-q0, -q1, -q2, -q5, -q7               Nexmark bids through Nexmark queries as views
 //! ```
 //!
 //! Events are generated (or read with `--input`) and encoded before the clock starts.
 
 mod engine;
 mod http;
+mod nexmark;
 mod recovery;
 
 use std::path::PathBuf;
@@ -27,7 +29,19 @@ use weir_engine::schema::{Stream, TimePolicy};
 use weir_engine::value::{Row, Value};
 
 /// Every workload, in the order `weir bench` runs them by default.
-pub const WORKLOADS: &[&str] = &["engine-window", "engine-hop", "engine-distinct", "ingest-http", "freshness", "recovery"];
+pub const WORKLOADS: &[&str] = &[
+    "engine-window",
+    "engine-hop",
+    "engine-distinct",
+    "ingest-http",
+    "freshness",
+    "recovery",
+    "nexmark-q0",
+    "nexmark-q1",
+    "nexmark-q2",
+    "nexmark-q5",
+    "nexmark-q7",
+];
 
 /// What to run.
 pub struct BenchArgs {
@@ -154,6 +168,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(path) => load_input(path)?,
         None => generate(args.events),
     });
+    let bids = Arc::new(if workloads.iter().any(|w| w.starts_with("nexmark")) { nexmark::bids(args.events) } else { Vec::new() });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut reports = Vec::new();
     println!("{:<16} {:>10} {:>8} {:>14} {:>9} {:>9} {:>9} {:>10}", "workload", "events", "seconds", "events/s", "p50 ms", "p99 ms", "max ms", "peak RSS");
@@ -165,6 +180,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "ingest-http" => runtime.block_on(http::ingest(w, &events))?,
             "freshness" => runtime.block_on(http::freshness(w, &events, args.rate))?,
             "recovery" => runtime.block_on(recovery::run(w, &events))?,
+            w if w.starts_with("nexmark-") => nexmark::run(w, &bids)?,
             _ => unreachable!("checked above"),
         };
         let l = report.latency_ms.as_ref();
