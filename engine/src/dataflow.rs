@@ -110,13 +110,20 @@ struct RetainedStream {
     retention_ms: i64,
 }
 
+/// One stream feeding a view.
+struct ViewInput {
+    /// Index of the stream.
+    stream: usize,
+    session: InputSession<Epoch, Row, isize>,
+    /// Events of the stream with a time below this have been retracted from the view.
+    expired_before: i64,
+}
+
 struct ViewRuntime {
     name: String,
-    stream: usize,
     time: ViewTime,
-    /// Events with a time below this have been retracted from the view.
-    expired_before: i64,
-    input: InputSession<Epoch, Row, isize>,
+    /// One input per stream the view reads, in `ViewPlan::streams` order.
+    inputs: Vec<ViewInput>,
     probe: ProbeHandle<Epoch>,
     output: Rc<RefCell<Vec<(Row, Epoch, isize)>>>,
     dataflow: usize,
@@ -125,8 +132,13 @@ struct ViewRuntime {
 }
 
 impl ViewRuntime {
-    fn admits(&self, ts: i64, late_by: i64) -> bool {
-        late_by <= self.time.lateness_ms && ts >= self.expired_before
+    fn admits(&self, input: &ViewInput, ts: i64, late_by: i64) -> bool {
+        late_by <= self.time.lateness_ms && ts >= input.expired_before
+    }
+
+    /// The time every input has been advanced to (they move together).
+    fn time(&self) -> &Epoch {
+        self.inputs[0].session.time()
     }
 }
 
@@ -147,7 +159,7 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
         let mut last_epoch: Epoch = start_epoch;
 
         loop {
-            let busy = views.iter().any(|v| v.probe.less_than(v.input.time()));
+            let busy = views.iter().any(|v| v.probe.less_than(v.time()));
             let first = if busy {
                 commands.try_recv().ok()
             } else {
@@ -169,8 +181,8 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
                             ingest(batch, &mut retained, &mut views);
                         }
                         frontier = last_epoch + 1;
-                        for v in views.iter_mut() {
-                            v.input.advance_to(frontier);
+                        for input in views.iter_mut().flat_map(|v| v.inputs.iter_mut()) {
+                            input.session.advance_to(frontier);
                         }
                     }
                     Command::CreateView { plan, time, reply } => {
@@ -199,8 +211,8 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
             if stop {
                 break;
             }
-            for v in views.iter_mut() {
-                v.input.flush();
+            for input in views.iter_mut().flat_map(|v| v.inputs.iter_mut()) {
+                input.session.flush();
             }
             worker.step();
             publish(&mut views, &store, last_epoch);
@@ -211,11 +223,16 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
 fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntime]) {
     let stream = &mut retained[batch.stream];
     let epoch = batch.epoch;
-    for v in views.iter_mut().filter(|v| v.stream == batch.stream) {
-        v.input.advance_to(epoch);
-        for e in &batch.events {
-            if v.admits(e.ts, e.late_by) {
-                v.input.insert(e.row.clone());
+    for v in views.iter_mut() {
+        for i in 0..v.inputs.len() {
+            if v.inputs[i].stream != batch.stream {
+                continue;
+            }
+            v.inputs[i].session.advance_to(epoch);
+            for e in &batch.events {
+                if v.admits(&v.inputs[i], e.ts, e.late_by) {
+                    v.inputs[i].session.insert(e.row.clone());
+                }
             }
         }
     }
@@ -225,17 +242,20 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
     stream.watermark = stream.watermark.max(batch.watermark);
     // retract what fell out of each view's retention, then forget what fell out of the stream's
     let watermark = stream.watermark;
-    for v in views.iter_mut().filter(|v| v.stream == batch.stream) {
-        let cutoff = watermark.saturating_sub(v.time.retention_ms);
-        if cutoff > v.expired_before {
-            for (_, events) in stream.events.range(v.expired_before..cutoff) {
-                for (row, late_by) in events {
-                    if *late_by <= v.time.lateness_ms {
-                        v.input.remove(row.clone());
+    for v in views.iter_mut() {
+        let (lateness, retention) = (v.time.lateness_ms, v.time.retention_ms);
+        for input in v.inputs.iter_mut().filter(|i| i.stream == batch.stream) {
+            let cutoff = watermark.saturating_sub(retention);
+            if cutoff > input.expired_before {
+                for (_, events) in stream.events.range(input.expired_before..cutoff) {
+                    for (row, late_by) in events {
+                        if *late_by <= lateness {
+                            input.session.remove(row.clone());
+                        }
                     }
                 }
+                input.expired_before = cutoff;
             }
-            v.expired_before = cutoff;
         }
     }
     let cutoff = watermark.saturating_sub(stream.retention_ms);
@@ -255,34 +275,46 @@ fn create_view(
     if views.iter().any(|v| v.name == plan.name) {
         return Err(Error::AlreadyExists(format!("a view named {} exists", plan.name)));
     }
-    let stream = streams
+    let sources = plan
+        .streams
         .iter()
-        .position(|s| s.name == plan.stream)
-        .ok_or_else(|| Error::NotFound(format!("no stream named {}", plan.stream)))?;
+        .map(|name| streams.iter().position(|s| s.name == *name).ok_or_else(|| Error::NotFound(format!("no stream named {name}"))))
+        .collect::<Result<Vec<usize>>>()?;
     let output = Rc::new(RefCell::new(Vec::new()));
     let sink = output.clone();
     let dataflow = worker.next_dataflow_index();
     let root = plan.root.clone();
-    let (input, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
-        let (input, rows) = scope.new_collection::<Row, isize>();
-        let (probe, _) = build(&root, rows, scope)
+    let count = sources.len();
+    let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
+        let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();
+        let (probe, _) = build(&root, &collections, scope)
             .inspect_batch(move |_, updates| sink.borrow_mut().extend(updates.iter().cloned()))
             .probe();
-        (input, probe)
+        (sessions, probe)
     });
-    let source = &retained[stream];
-    let expired_before = if source.watermark == i64::MIN { i64::MIN } else { source.watermark.saturating_sub(time.retention_ms) };
-    let mut view = ViewRuntime { name: plan.name, stream, time, expired_before, input, probe, output, dataflow, published: 0 };
-    view.input.advance_to(frontier - 1);
-    for (ts, events) in source.events.range(expired_before..) {
-        for (row, late_by) in events {
-            if view.admits(*ts, *late_by) {
-                view.input.insert(row.clone());
+    let inputs = sources
+        .into_iter()
+        .zip(sessions)
+        .map(|(stream, session)| {
+            let watermark = retained[stream].watermark;
+            let expired_before = if watermark == i64::MIN { i64::MIN } else { watermark.saturating_sub(time.retention_ms) };
+            ViewInput { stream, session, expired_before }
+        })
+        .collect();
+    let mut view = ViewRuntime { name: plan.name, time, inputs, probe, output, dataflow, published: 0 };
+    for i in 0..view.inputs.len() {
+        view.inputs[i].session.advance_to(frontier - 1);
+        let source = &retained[view.inputs[i].stream];
+        for (ts, events) in source.events.range(view.inputs[i].expired_before..) {
+            for (row, late_by) in events {
+                if view.admits(&view.inputs[i], *ts, *late_by) {
+                    view.inputs[i].session.insert(row.clone());
+                }
             }
         }
+        view.inputs[i].session.advance_to(frontier);
+        view.inputs[i].session.flush();
     }
-    view.input.advance_to(frontier);
-    view.input.flush();
     views.push(view);
     Ok(())
 }
@@ -319,9 +351,9 @@ fn publish(views: &mut [ViewRuntime], store: &ViewStore, last_epoch: Epoch) {
 type Rows<'s> = VecCollection<'s, Epoch, Row, isize>;
 
 /// Lowers a plan node into differential operators.
-fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s> {
+fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows<'s> {
     match node {
-        Node::Scan => source,
+        Node::Scan { source } => sources[*source].clone(),
         Node::Map { .. } | Node::Filter { .. } => {
             // fuse a chain of maps and filters into one operator
             let mut steps = Vec::new();
@@ -340,9 +372,9 @@ fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s>
                 }
             }
             steps.reverse();
-            build(base, source, scope).flat_map(move |row| apply_steps(&steps, row))
+            build(base, sources, scope).flat_map(move |row| apply_steps(&steps, row))
         }
-        Node::Distinct { input } => build(input, source, scope).distinct(),
+        Node::Distinct { input } => build(input, sources, scope).distinct(),
         Node::Join { left, right, left_keys, right_keys, residual } => {
             let keyed = |keys: &Vec<Scalar>, side: Rows<'s>| {
                 let keys = keys.clone();
@@ -353,8 +385,8 @@ fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s>
                 })
                 .arrange_by_key()
             };
-            let l = keyed(left_keys, build(left, source.clone(), scope));
-            let r = keyed(right_keys, build(right, source, scope));
+            let l = keyed(left_keys, build(left, sources, scope));
+            let r = keyed(right_keys, build(right, sources, scope));
             let residual = residual.clone();
             l.join_core(r, move |_key, l: &Row, r: &Row| {
                 let mut row = Vec::with_capacity(l.len() + r.len());
@@ -365,7 +397,7 @@ fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s>
         }
         Node::Unnest { input, column, preserve_nulls } => {
             let (column, preserve_nulls) = (*column, *preserve_nulls);
-            build(input, source, scope).flat_map(move |row| {
+            build(input, sources, scope).flat_map(move |row| {
                 let items: Vec<Value> = match &row[column] {
                     Value::List(items) => items.to_vec(),
                     Value::Null if preserve_nulls => vec![Value::Null],
@@ -386,7 +418,7 @@ fn build<'s>(node: &Node, source: Rows<'s>, scope: Scope<'s, Epoch>) -> Rows<'s>
             let (inputs, slots) = aggregate_inputs(aggregates);
             let aggs: Vec<(Aggregate, Slot)> = aggregates.iter().cloned().zip(slots).collect();
             let global = keys.is_empty();
-            let grouped = build(input, source, scope)
+            let grouped = build(input, sources, scope)
                 .map(move |row| {
                     let key = eval_all(&keys, &row);
                     let vals: Row = inputs

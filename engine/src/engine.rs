@@ -207,8 +207,13 @@ impl Engine {
         if self.store.get(&plan.name).is_some() {
             return Err(Error::AlreadyExists(format!("a view named {} exists", plan.name)));
         }
-        let (_, stream) = self.stream(&plan.stream).ok_or_else(|| Error::NotFound(format!("no stream named {}", plan.stream)))?;
-        let policy = stream.policy;
+        // a view over several streams may keep and accept no more than the tightest allows
+        let mut policy = crate::schema::TimePolicy { lateness_ms: i64::MAX, retention_ms: i64::MAX };
+        for name in &plan.streams {
+            let (_, stream) = self.stream(name).ok_or_else(|| Error::NotFound(format!("no stream named {name}")))?;
+            policy.lateness_ms = policy.lateness_ms.min(stream.policy.lateness_ms);
+            policy.retention_ms = policy.retention_ms.min(stream.policy.retention_ms);
+        }
         let bounded = |value: &Option<String>, default: i64, what: &str| -> Result<i64> {
             let Some(text) = value else { return Ok(default) };
             let ms = parse_duration_ms(text).map_err(|e| Error::Sql(e.to_string()))?;

@@ -27,8 +27,9 @@ pub struct ViewPlan {
     pub name: String,
     /// The `CREATE VIEW` statement as the user wrote it.
     pub sql: String,
-    /// The stream the view reads.
-    pub stream: String,
+    /// The streams the view reads, in order of first appearance; `Node::Scan` refers
+    /// to them by position.
+    pub streams: Vec<String>,
     /// The operator tree.
     pub root: Node,
     /// The view's output columns.
@@ -40,8 +41,11 @@ pub struct ViewPlan {
 /// A dataflow operator in a view plan.
 #[derive(Clone, Debug)]
 pub enum Node {
-    /// The rows of the view's stream, in stream column order.
-    Scan,
+    /// The rows of one of the view's streams, in stream column order.
+    Scan {
+        /// Position in [`ViewPlan::streams`].
+        source: usize,
+    },
     /// Each row becomes the values of the expressions.
     Map {
         /// The input.
@@ -170,9 +174,11 @@ impl Planner {
             return Err(Error::AlreadyExists(format!("{name} is a stream; choose another view name")));
         }
         let query = state.analyzer().execute_and_check((*view.input).clone(), state.config_options(), |_, _| {})?;
-        let mut stream = None;
-        let root = lower(&query, &mut stream)?;
-        let stream = stream.ok_or_else(|| Error::Sql("a view must read a stream (SELECT … FROM stream)".into()))?;
+        let mut streams = Vec::new();
+        let root = lower(&query, &mut streams)?;
+        if streams.is_empty() {
+            return Err(Error::Sql("a view must read a stream (SELECT … FROM stream)".into()));
+        }
         let columns = query
             .schema()
             .fields()
@@ -189,7 +195,7 @@ impl Planner {
                 return Err(Error::Sql(format!("the view has two columns named {:?}: give one an alias (AS …)", c.name)));
             }
         }
-        Ok(ViewPlan { name, sql: sql.trim().to_string(), stream, root, columns, query })
+        Ok(ViewPlan { name, sql: sql.trim().to_string(), streams, root, columns, query })
     }
 }
 
@@ -206,29 +212,29 @@ fn unsupported(what: &str) -> Error {
     Error::Sql(format!("{what} is not supported in views"))
 }
 
-fn lower(plan: &LogicalPlan, stream: &mut Option<String>) -> Result<Node> {
+fn lower(plan: &LogicalPlan, streams: &mut Vec<String>) -> Result<Node> {
     Ok(match plan {
         LogicalPlan::TableScan(scan) => {
             let name = scan.table_name.table().to_string();
-            if let Some(other) = stream.as_ref().filter(|s| **s != name) {
-                return Err(Error::Sql(format!("a view reads one stream; this one reads {other} and {name} (views over several streams are not supported yet)")));
-            }
-            *stream = Some(name);
+            let source = streams.iter().position(|s| *s == name).unwrap_or_else(|| {
+                streams.push(name);
+                streams.len() - 1
+            });
             if !scan.filters.is_empty() || scan.fetch.is_some() {
                 return Err(unsupported("a pushed-down scan"));
             }
             match &scan.projection {
-                None => Node::Scan,
-                Some(cols) => Node::Map { input: Box::new(Node::Scan), exprs: cols.iter().map(|i| Scalar::Column(*i)).collect() },
+                None => Node::Scan { source },
+                Some(cols) => Node::Map { input: Box::new(Node::Scan { source }), exprs: cols.iter().map(|i| Scalar::Column(*i)).collect() },
             }
         }
-        LogicalPlan::SubqueryAlias(alias) => lower(&alias.input, stream)?,
+        LogicalPlan::SubqueryAlias(alias) => lower(&alias.input, streams)?,
         LogicalPlan::Projection(p) => {
             let schema = p.input.schema();
             let exprs = p.expr.iter().map(|e| compile(e, schema)).collect::<Result<_>>()?;
-            Node::Map { input: Box::new(lower(&p.input, stream)?), exprs }
+            Node::Map { input: Box::new(lower(&p.input, streams)?), exprs }
         }
-        LogicalPlan::Filter(f) => Node::Filter { input: Box::new(lower(&f.input, stream)?), predicate: compile(&f.predicate, f.input.schema())? },
+        LogicalPlan::Filter(f) => Node::Filter { input: Box::new(lower(&f.input, streams)?), predicate: compile(&f.predicate, f.input.schema())? },
         LogicalPlan::Aggregate(a) => {
             let schema = a.input.schema();
             let keys = a
@@ -250,11 +256,11 @@ fn lower(plan: &LogicalPlan, stream: &mut Option<String>) -> Result<Node> {
                     lower_aggregate(e, schema, output)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Node::Aggregate { input: Box::new(lower(&a.input, stream)?), keys, aggregates }
+            Node::Aggregate { input: Box::new(lower(&a.input, streams)?), keys, aggregates }
         }
-        LogicalPlan::Distinct(Distinct::All(input)) => Node::Distinct { input: Box::new(lower(input, stream)?) },
+        LogicalPlan::Distinct(Distinct::All(input)) => Node::Distinct { input: Box::new(lower(input, streams)?) },
         LogicalPlan::Distinct(Distinct::On(_)) => return Err(unsupported("DISTINCT ON")),
-        LogicalPlan::Join(j) => lower_join(j, stream)?,
+        LogicalPlan::Join(j) => lower_join(j, streams)?,
         LogicalPlan::Sort(_) => return Err(unsupported("ORDER BY (a view is an unordered set; order when you read it)")),
         LogicalPlan::Limit(_) => return Err(unsupported("LIMIT/OFFSET")),
         LogicalPlan::Window(_) => return Err(unsupported("window functions (OVER)")),
@@ -265,7 +271,7 @@ fn lower(plan: &LogicalPlan, stream: &mut Option<String>) -> Result<Node> {
             let identity = u.dependency_indices.iter().enumerate().all(|(i, d)| i == *d);
             match (u.list_type_columns.as_slice(), u.struct_type_columns.is_empty(), identity) {
                 ([(column, list)], true, true) if list.depth == 1 && u.schema.fields().len() == u.input.schema().fields().len() => Node::Unnest {
-                    input: Box::new(lower(&u.input, stream)?),
+                    input: Box::new(lower(&u.input, streams)?),
                     column: *column,
                     preserve_nulls: u.options.preserve_nulls(),
                 },
@@ -278,7 +284,7 @@ fn lower(plan: &LogicalPlan, stream: &mut Option<String>) -> Result<Node> {
     })
 }
 
-fn lower_join(j: &datafusion::logical_expr::Join, stream: &mut Option<String>) -> Result<Node> {
+fn lower_join(j: &datafusion::logical_expr::Join, streams: &mut Vec<String>) -> Result<Node> {
     use datafusion::common::NullEquality;
     use datafusion::logical_expr::{JoinType, Operator};
     if j.join_type != JoinType::Inner {
@@ -320,7 +326,7 @@ fn lower_join(j: &datafusion::logical_expr::Join, stream: &mut Option<String>) -
     if left_keys.is_empty() {
         return Err(unsupported("a JOIN without an equality between its two sides (a cross join)"));
     }
-    Ok(Node::Join { left: Box::new(lower(&j.left, stream)?), right: Box::new(lower(&j.right, stream)?), left_keys, right_keys, residual })
+    Ok(Node::Join { left: Box::new(lower(&j.left, streams)?), right: Box::new(lower(&j.right, streams)?), left_keys, right_keys, residual })
 }
 
 fn lower_aggregate(e: &Expr, schema: &datafusion::common::DFSchema, output: DataType) -> Result<Aggregate> {

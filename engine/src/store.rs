@@ -43,8 +43,8 @@ pub struct ViewInfo {
     pub name: String,
     /// Its `CREATE VIEW` statement.
     pub sql: String,
-    /// The stream it reads.
-    pub stream: String,
+    /// The streams it reads.
+    pub streams: Vec<String>,
     /// Its columns.
     pub columns: Columns,
     /// Allowed lateness, milliseconds.
@@ -61,7 +61,7 @@ impl ViewInfo {
         ViewInfo {
             name: plan.name.clone(),
             sql: plan.sql.clone(),
-            stream: plan.stream.clone(),
+            streams: plan.streams.clone(),
             columns: plan.columns.clone(),
             lateness_ms: time.lateness_ms,
             retention_ms: time.retention_ms,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use weir_engine::catalog::ViewDefinition;
 use weir_engine::ingest::Decoded;
-use weir_engine::schema::{Stream, TimePolicy};
+use weir_engine::schema::{Column, DataType, Stream, TimePolicy};
 use weir_engine::value::{Row, Value};
 use weir_engine::wal::SEGMENT_BYTES;
 use weir_engine::{Engine, EngineConfig};
@@ -49,6 +49,12 @@ const VIEWS: &[(&str, &str)] = &[
         "bigger_pairs",
         "SELECT a.tenant, a.kind AS k1, b.kind AS k2, b.value - a.value AS gap FROM events a \
          JOIN events b ON a.tenant = b.tenant AND a.value < b.value WHERE a.kind = 'buy' AND b.kind = 'click'",
+    ),
+    (
+        "orders_with_activity",
+        "SELECT o.tenant, count(*) AS pairs, sum(o.amount) AS amount, max(e.value) AS top_value FROM events e \
+         JOIN orders o ON e.tenant = o.tenant AND date_bin(INTERVAL '5 minutes', e.ts) = date_bin(INTERVAL '5 minutes', o.ts) \
+         GROUP BY o.tenant",
     ),
     (
         "hopping",
@@ -89,6 +95,32 @@ fn event() -> impl Strategy<Value = GenEvent> {
         .prop_map(|(tenant, kind, offset_s, value, region, id)| GenEvent { tenant, kind, offset_s, value, region, id })
 }
 
+#[derive(Clone, Debug)]
+struct GenOrder {
+    tenant: &'static str,
+    offset_s: i64,
+    amount: i64,
+}
+
+fn order() -> impl Strategy<Value = GenOrder> {
+    (prop::sample::select(vec!["a", "b", "c"]), prop_oneof![9 => 0i64..900, 1 => -7_200i64..-7_000], 1i64..500)
+        .prop_map(|(tenant, offset_s, amount)| GenOrder { tenant, offset_s, amount })
+}
+
+/// A second stream, so that views can join across streams.
+fn orders_stream() -> Stream {
+    let columns = vec![
+        Column::new("tenant", DataType::String, false),
+        Column::new("ts", DataType::Timestamp, false),
+        Column::new("amount", DataType::Float, true),
+    ];
+    Stream::new("orders", columns, "tenant", "ts", None, TimePolicy::DEFAULT).unwrap()
+}
+
+fn order_row(o: &GenOrder) -> Row {
+    vec![Value::str(o.tenant), Value::Timestamp(BASE + o.offset_s * 1000), Value::Float(o.amount as f64)]
+}
+
 fn row(e: &GenEvent) -> Row {
     vec![
         Value::str(e.tenant),
@@ -105,20 +137,27 @@ fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
     rows
 }
 
-async fn oracle(select: &str, events: &Stream, accepted: &[Row]) -> Vec<Row> {
-    let table = weir_queries::Table { name: "events", columns: &events.columns, rows: accepted };
-    sorted(weir_queries::query_rows(&[table], select).await.unwrap())
+async fn oracle(select: &str, events: &Stream, accepted: &[Row], orders: &[Row]) -> Vec<Row> {
+    let orders_stream = orders_stream();
+    let tables = [
+        weir_queries::Table { name: "events", columns: &events.columns, rows: accepted },
+        weir_queries::Table { name: "orders", columns: &orders_stream.columns, rows: orders },
+    ];
+    sorted(weir_queries::query_rows(&tables, select).await.unwrap())
 }
 
-async fn check(batches: Vec<Vec<GenEvent>>) -> Result<(), TestCaseError> {
+async fn check(batches: Vec<(Vec<GenEvent>, Vec<GenOrder>)>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
     let views = VIEWS.iter().map(|(name, select)| ViewDefinition { sql: format!("CREATE VIEW {name} AS {select}"), lateness: None, retention: None }).collect();
-    let engine = Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views, segment_bytes: SEGMENT_BYTES }).await.unwrap();
+    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![orders_stream()], views, segment_bytes: SEGMENT_BYTES };
+    let engine = Engine::open(config).await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
+    let (orders_index, _) = engine.stream("orders").unwrap();
     let mut accepted: Vec<Row> = Vec::new();
+    let mut accepted_orders: Vec<Row> = Vec::new();
     let mut ids: HashSet<String> = HashSet::new();
-    for batch in batches {
+    for (batch, orders) in batches {
         let rows: Vec<(u32, Row)> = batch.iter().enumerate().map(|(i, e)| (i as u32 + 1, row(e))).collect();
         let receipt = engine.ingest(stream, Decoded { rows: rows.clone(), rejected: vec![] }).await.unwrap();
         let refused: HashSet<u32> = receipt.rejected.iter().map(|(line, _)| *line).collect();
@@ -134,12 +173,17 @@ async fn check(batches: Vec<Vec<GenEvent>>) -> Result<(), TestCaseError> {
             }
             accepted.push(r);
         }
+        let order_rows: Vec<(u32, Row)> = orders.iter().enumerate().map(|(i, o)| (i as u32 + 1, order_row(o))).collect();
+        let order_receipt = engine.ingest(orders_index, Decoded { rows: order_rows.clone(), rejected: vec![] }).await.unwrap();
+        let refused: HashSet<u32> = order_receipt.rejected.iter().map(|(line, _)| *line).collect();
+        accepted_orders.extend(order_rows.into_iter().filter(|(line, _)| !refused.contains(line)).map(|(_, r)| r));
+        let epoch = receipt.epoch.max(order_receipt.epoch);
         for (name, select) in VIEWS {
             let view = engine.view(name).unwrap();
-            prop_assert!(view.wait_for(receipt.epoch, Duration::from_secs(10)).await, "view {name} never reached epoch {}", receipt.epoch);
+            prop_assert!(view.wait_for(epoch, Duration::from_secs(10)).await, "view {name} never reached epoch {epoch}");
             let (_, live) = view.snapshot();
-            let expected = oracle(select, &events_stream, &accepted).await;
-            prop_assert_eq!(sorted(live), expected, "view {} after epoch {}", name, receipt.epoch);
+            let expected = oracle(select, &events_stream, &accepted, &accepted_orders).await;
+            prop_assert_eq!(sorted(live), expected, "view {} after epoch {}", name, epoch);
         }
     }
     engine.shutdown();
@@ -155,7 +199,7 @@ proptest! {
     })]
 
     #[test]
-    fn views_equal_batch_recomputation(batches in prop::collection::vec(prop::collection::vec(event(), 1..25), 1..6)) {
+    fn views_equal_batch_recomputation(batches in prop::collection::vec((prop::collection::vec(event(), 1..25), prop::collection::vec(order(), 0..6)), 1..6)) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(check(batches))?;
     }
@@ -178,7 +222,7 @@ async fn late_views_and_restarts_see_every_accepted_event() {
     let (name, select) = VIEWS[0];
     engine.create_view(ViewDefinition { sql: format!("CREATE VIEW {name} AS {select}"), lateness: None, retention: None }).await.unwrap();
     let accepted: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
-    let expected = oracle(select, &events_stream, &accepted).await;
+    let expected = oracle(select, &events_stream, &accepted, &[]).await;
     let view = engine.view(name).unwrap();
     assert!(view.wait_for(1, Duration::from_secs(10)).await);
     assert_eq!(sorted(view.snapshot().1), expected);

@@ -27,7 +27,7 @@ fn info_json(info: &ViewInfo, epoch: u64) -> Json_ {
     json!({
         "name": info.name,
         "sql": info.sql,
-        "stream": info.stream,
+        "streams": info.streams,
         "columns": info.columns,
         "epoch": epoch,
         "lateness_ms": info.lateness_ms,
