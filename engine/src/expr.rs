@@ -51,6 +51,8 @@ pub enum Scalar {
     DateBin { stride_ms: i64, origin_ms: i64, arg: Box<Scalar> },
     /// `hop(slide, size, ts)`: the starts of every hopping window holding `ts`.
     Hop { slide_ms: i64, size_ms: i64, arg: Box<Scalar> },
+    /// `date_trunc(unit, ts)`: the start of the calendar unit (UTC) holding `ts`.
+    DateTrunc { unit: TruncUnit, arg: Box<Scalar> },
     /// A scalar function of the supported set.
     Call(Func, Vec<Scalar>),
 }
@@ -90,6 +92,69 @@ pub enum BinOp {
     IsNotDistinctFrom,
     /// `||`
     Concat,
+}
+
+/// Calendar units for `date_trunc`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TruncUnit {
+    /// `second`
+    Second,
+    /// `minute`
+    Minute,
+    /// `hour`
+    Hour,
+    /// `day`
+    Day,
+    /// `week` (weeks start on Monday)
+    Week,
+    /// `month`
+    Month,
+    /// `quarter`
+    Quarter,
+    /// `year`
+    Year,
+}
+
+impl TruncUnit {
+    fn by_name(name: &str) -> Option<TruncUnit> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "second" => TruncUnit::Second,
+            "minute" => TruncUnit::Minute,
+            "hour" => TruncUnit::Hour,
+            "day" => TruncUnit::Day,
+            "week" => TruncUnit::Week,
+            "month" => TruncUnit::Month,
+            "quarter" => TruncUnit::Quarter,
+            "year" => TruncUnit::Year,
+            _ => return None,
+        })
+    }
+
+    /// The start of the unit holding `ms` (milliseconds since the epoch, UTC).
+    pub fn truncate(self, ms: i64) -> i64 {
+        use chrono::{Datelike, NaiveDate, TimeZone, Utc};
+        let fixed = |unit: i64| ms.div_euclid(unit) * unit;
+        match self {
+            TruncUnit::Second => fixed(1_000),
+            TruncUnit::Minute => fixed(60_000),
+            TruncUnit::Hour => fixed(3_600_000),
+            TruncUnit::Day => fixed(86_400_000),
+            // 1970-01-01 was a Thursday; Monday-based weeks start 3 days before it
+            TruncUnit::Week => (ms + 3 * 86_400_000).div_euclid(7 * 86_400_000) * 7 * 86_400_000 - 3 * 86_400_000,
+            TruncUnit::Month | TruncUnit::Quarter | TruncUnit::Year => {
+                let Some(t) = Utc.timestamp_millis_opt(ms).single() else { return ms };
+                let month = match self {
+                    TruncUnit::Month => t.month(),
+                    TruncUnit::Quarter => (t.month() - 1) / 3 * 3 + 1,
+                    _ => 1,
+                };
+                NaiveDate::from_ymd_opt(t.year(), month, 1)
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|d| d.and_utc().timestamp_millis())
+                    .unwrap_or(ms)
+            }
+        }
+    }
 }
 
 /// Scalar functions views support.
@@ -250,6 +315,16 @@ pub fn compile(expr: &Expr, schema: &DFSchema) -> Result<Scalar> {
             if name == crate::windows::HOP {
                 return compile_hop(&f.args, schema);
             }
+            if name == "date_trunc" {
+                let [unit, arg] = f.args.as_slice() else {
+                    return Err(Error::Sql("date_trunc takes (unit, timestamp)".into()));
+                };
+                let unit = match literal(&constant("date_trunc", unit)?)? {
+                    Value::Str(u) => TruncUnit::by_name(&u).ok_or_else(|| Error::Sql(format!("date_trunc unit {u:?} is not supported (second … year)")))?,
+                    other => return Err(Error::Sql(format!("date_trunc needs a unit such as 'month', found {other:?}"))),
+                };
+                return Ok(Scalar::DateTrunc { unit, arg: Box::new(compile(arg, schema)?) });
+            }
             let func = Func::by_name(name).ok_or_else(|| Error::Sql(format!("function {name}() is not supported in views")))?;
             Scalar::Call(func, f.args.iter().map(|e| compile(e, schema)).collect::<Result<_>>()?)
         }
@@ -277,7 +352,7 @@ fn constant(function: &str, e: &Expr) -> Result<ScalarValue> {
             Expr::Literal(v, _) => return Ok(v.clone()),
             Expr::Cast(c) => e = &c.expr,
             Expr::Alias(a) => e = &a.expr,
-            _ => return Err(Error::Sql(format!("{function} needs constant interval arguments, found {e}"))),
+            _ => return Err(Error::Sql(format!("{function} needs constant arguments for its unit or intervals, found {e}"))),
         }
     }
 }
@@ -381,6 +456,10 @@ impl Scalar {
             },
             Scalar::DateBin { stride_ms, origin_ms, arg } => match arg.eval(row) {
                 Value::Timestamp(t) => Value::Timestamp(bin(t, *stride_ms, *origin_ms)),
+                _ => Value::Null,
+            },
+            Scalar::DateTrunc { unit, arg } => match arg.eval(row) {
+                Value::Timestamp(t) => Value::Timestamp(unit.truncate(t)),
                 _ => Value::Null,
             },
             Scalar::Hop { slide_ms, size_ms, arg } => match arg.eval(row) {
@@ -643,6 +722,19 @@ mod tests {
         assert_eq!(bin(125_000, 60_000, 0), 120_000);
         assert_eq!(bin(-1, 60_000, 0), -60_000);
         assert_eq!(bin(61_000, 60_000, 1_000), 61_000);
+    }
+
+    #[test]
+    fn date_trunc_follows_the_calendar() {
+        let at = |s: &str| crate::time::parse_rfc3339_ms(s).unwrap();
+        let t = at("2026-11-22T10:37:12.345Z");
+        assert_eq!(TruncUnit::Month.truncate(t), at("2026-11-01T00:00:00Z"));
+        assert_eq!(TruncUnit::Quarter.truncate(t), at("2026-10-01T00:00:00Z"));
+        assert_eq!(TruncUnit::Year.truncate(t), at("2026-01-01T00:00:00Z"));
+        assert_eq!(TruncUnit::Week.truncate(t), at("2026-11-16T00:00:00Z"), "2026-11-16 is a Monday");
+        assert_eq!(TruncUnit::Day.truncate(t), at("2026-11-22T00:00:00Z"));
+        assert_eq!(TruncUnit::Hour.truncate(t), at("2026-11-22T10:00:00Z"));
+        assert_eq!(TruncUnit::Week.truncate(at("1969-12-29T05:00:00Z")), at("1969-12-29T00:00:00Z"));
     }
 
     #[test]

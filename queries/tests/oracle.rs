@@ -35,6 +35,12 @@ const VIEWS: &[(&str, &str)] = &[
     ),
     ("regions", "SELECT DISTINCT tenant, labels['region'] AS region FROM events"),
     (
+        "calendar",
+        "SELECT date_trunc('month', ts) AS month, date_trunc('week', ts) AS week, date_trunc('hour', ts) AS hour, \
+         tenant, count(*) AS n FROM events \
+         GROUP BY date_trunc('month', ts), date_trunc('week', ts), date_trunc('hour', ts), tenant",
+    ),
+    (
         "with_tenant_totals",
         "SELECT e.tenant, e.kind, e.value, t.n FROM events e \
          JOIN (SELECT tenant, count(*) AS n FROM events GROUP BY tenant) t ON e.tenant = t.tenant WHERE e.value > 50",
