@@ -66,6 +66,27 @@ pub fn rows_to_batch(columns: &[Column], rows: &[Row]) -> Result<RecordBatch> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| Error::Sql(e.to_string()))
 }
 
+/// Encodes rows as an Arrow IPC stream (schema, then one record batch).
+pub fn rows_to_ipc(columns: &[Column], rows: &[Row]) -> Result<Vec<u8>> {
+    let batch = rows_to_batch(columns, rows)?;
+    let mut out = Vec::new();
+    let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, &batch.schema()).map_err(|e| Error::Sql(e.to_string()))?;
+    writer.write(&batch).map_err(|e| Error::Sql(e.to_string()))?;
+    writer.finish().map_err(|e| Error::Sql(e.to_string()))?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Decodes an Arrow IPC stream into rows (with Arrow's own reader).
+pub fn ipc_to_rows(bytes: &[u8]) -> Result<Vec<Row>> {
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| Error::Sql(e.to_string()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        rows.extend(batch_to_rows(&batch.map_err(|e| Error::Sql(e.to_string()))?)?);
+    }
+    Ok(rows)
+}
+
 /// Reads a record batch back into rows.
 pub fn batch_to_rows(batch: &RecordBatch) -> Result<Vec<Row>> {
     let mut rows: Vec<Row> = (0..batch.num_rows()).map(|_| Vec::with_capacity(batch.num_columns())).collect();
@@ -134,5 +155,7 @@ mod tests {
         ];
         let batch = rows_to_batch(&s.columns, &rows).unwrap();
         assert_eq!(batch_to_rows(&batch).unwrap(), rows);
+
+        assert_eq!(ipc_to_rows(&rows_to_ipc(&s.columns, &rows).unwrap()).unwrap(), rows);
     }
 }

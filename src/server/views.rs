@@ -90,13 +90,21 @@ pub async fn read(State(app): State<AppState>, Path(name): Path<String>, Query(p
     }
     let (epoch, rows) = view.snapshot();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let epoch_header = (header::HeaderName::from_static("x-weir-epoch"), epoch.to_string());
+    if accept.contains(ARROW_STREAM) {
+        let body = weir_engine::columnar::rows_to_ipc(&view.info.columns, &rows)?;
+        return Ok(([(header::CONTENT_TYPE, ARROW_STREAM.to_string()), epoch_header], body).into_response());
+    }
     if accept.contains("text/csv") {
         let body = to_csv(&view.info.columns, &rows);
-        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::HeaderName::from_static("x-weir-epoch"), &epoch.to_string())], body).into_response());
+        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), epoch_header], body).into_response());
     }
     let rows: Vec<Json_> = rows.iter().map(|r| row_to_json(&view.info.columns, r)).collect();
     Ok(Json(json!({ "view": name, "epoch": epoch, "rows": rows })).into_response())
 }
+
+/// The media type of the Arrow IPC stream format.
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 fn to_csv(columns: &[Column], rows: &[Row]) -> String {
     let mut out = String::new();

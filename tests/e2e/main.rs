@@ -60,6 +60,12 @@ async fn ingest_validates_lines_deduplicates_and_views_answer_in_json_and_csv() 
     let csv = weir.http.get(weir.url("/v1/views/per_minute")).header("accept", "text/csv").send().await.unwrap().text().await.unwrap();
     assert_eq!(csv, "minute,tenant,n,total\n2026-11-22T10:00:00.000Z,acme,2,5.0\n");
 
+    let arrow = weir.http.get(weir.url("/v1/views/per_minute")).header("accept", "application/vnd.apache.arrow.stream").send().await.unwrap();
+    assert_eq!(arrow.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    let rows = weir_engine::columnar::ipc_to_rows(&arrow.bytes().await.unwrap()).unwrap();
+    use weir_engine::value::Value as V;
+    assert_eq!(rows, vec![vec![V::Timestamp(1_795_341_600_000), V::str("acme"), V::Int(2), V::Float(5.0)]]);
+
     let listed: Value = weir.http.get(weir.url("/v1/views")).send().await.unwrap().json().await.unwrap();
     let names: Vec<&str> = listed["views"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["per_minute", "refused"]);
