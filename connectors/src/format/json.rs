@@ -30,6 +30,7 @@ pub enum BodyError {
 pub fn decode_ndjson(stream: &Stream, body: &[u8]) -> Result<Decoded, BodyError> {
     let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
     let mut out = Decoded::default();
+    let interner = Interner::default();
     for (i, line) in text.lines().enumerate() {
         let line_no = (i + 1) as u32;
         let line = line.trim();
@@ -37,7 +38,7 @@ pub fn decode_ndjson(stream: &Stream, body: &[u8]) -> Result<Decoded, BodyError>
             continue;
         }
         let mut de = serde_json::Deserializer::from_str(line);
-        let decoded = serde::de::DeserializeSeed::deserialize(RowSeed { stream }, &mut de).and_then(|row| de.end().map(|_| row));
+        let decoded = serde::de::DeserializeSeed::deserialize(RowSeed { stream, interner: &interner }, &mut de).and_then(|row| de.end().map(|_| row));
         match decoded {
             Ok(Ok(row)) => out.rows.push((line_no, row)),
             // valid JSON that breaks the schema, or not JSON at all: take the slow path
@@ -66,6 +67,33 @@ pub fn decode_json_array(stream: &Stream, body: &[u8]) -> Result<Decoded, BodyEr
 /// out why on the slow path); `Err` means the text is not JSON.
 struct RowSeed<'a> {
     stream: &'a Stream,
+    interner: &'a Interner,
+}
+
+/// One shared allocation per distinct string of a request: tenants, kinds and label
+/// keys repeat across its lines, and rows whose strings share an allocation also
+/// compare faster (pointer equality) in the dataflow.
+#[derive(Default)]
+struct Interner {
+    strings: std::cell::RefCell<std::collections::HashSet<Arc<str>>>,
+}
+
+impl Interner {
+    /// Most distinct strings of a request are repeated values; unique ones (ids, URLs)
+    /// would only fill the table, so it stops growing past this many.
+    const MAX: usize = 4096;
+
+    fn get(&self, s: &str) -> Arc<str> {
+        let mut strings = self.strings.borrow_mut();
+        if let Some(shared) = strings.get(s) {
+            return shared.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        if strings.len() < Self::MAX {
+            strings.insert(new.clone());
+        }
+        new
+    }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
@@ -89,7 +117,7 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
         let mut fits = true;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match stream.columns.iter().position(|c| c.name == *key) {
-                Some(i) => match map.next_value_seed(ValueSeed { data_type: stream.columns[i].data_type })? {
+                Some(i) => match map.next_value_seed(ValueSeed { data_type: stream.columns[i].data_type, interner: self.interner })? {
                     Some(v) => row[i] = Some(v),
                     None => fits = false,
                 },
@@ -120,11 +148,12 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
 }
 
 /// One field's value, of the column's type; `None` when it has another type.
-struct ValueSeed {
+struct ValueSeed<'a> {
     data_type: DataType,
+    interner: &'a Interner,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed {
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed<'_> {
     type Value = Option<Value>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -132,7 +161,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ValueSeed {
+impl<'de> serde::de::Visitor<'de> for ValueSeed<'_> {
     type Value = Option<Value>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,7 +198,7 @@ impl<'de> serde::de::Visitor<'de> for ValueSeed {
 
     fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
         Ok(match self.data_type {
-            DataType::String => Some(Value::str(s)),
+            DataType::String => Some(Value::Str(self.interner.get(s))),
             DataType::Timestamp => parse_rfc3339_ms(s).map(Value::Timestamp),
             _ => None,
         })
@@ -184,9 +213,9 @@ impl<'de> serde::de::Visitor<'de> for ValueSeed {
         let mut fits = true;
         while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match map.next_value::<Json>()? {
-                Json::String(v) => pairs.push((Arc::from(k.as_ref()), Arc::from(v.as_str()))),
-                Json::Number(n) => pairs.push((Arc::from(k.as_ref()), Arc::from(n.to_string()))),
-                Json::Bool(b) => pairs.push((Arc::from(k.as_ref()), Arc::from(b.to_string()))),
+                Json::String(v) => pairs.push((self.interner.get(&k), self.interner.get(&v))),
+                Json::Number(n) => pairs.push((self.interner.get(&k), self.interner.get(&n.to_string()))),
+                Json::Bool(b) => pairs.push((self.interner.get(&k), self.interner.get(&b.to_string()))),
                 _ => fits = false,
             }
         }
