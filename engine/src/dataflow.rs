@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::Scope;
@@ -430,12 +431,23 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
                         .collect();
                     (key, vals)
                 })
-                .reduce(move |_key, vals: &[(&Row, isize)], out: &mut Vec<(Row, isize)>| {
-                    out.push((aggs.iter().map(|(a, slot)| aggregate(a, slot, vals)).collect(), 1));
-                })
-                .map(|(mut key, vals)| {
-                    key.extend(vals);
-                    key
+                .arrange_by_key_named("Arrange: Aggregate")
+                .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<Row, Row, _, _>, _, _>(
+                    "Aggregate",
+                    move |_key, vals: &[(&Row, isize)], out: &mut Vec<(Row, isize)>| {
+                        out.push((aggs.iter().map(|(a, slot)| aggregate(a, slot, vals)).collect(), 1));
+                    },
+                    |out, key, updates| {
+                        out.clear();
+                        out.extend(updates.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+                    },
+                )
+                // build each output row (keys, then aggregates) once, straight from the arrangement
+                .as_collection(|key: &Row, vals: &Row| {
+                    let mut row = Vec::with_capacity(key.len() + vals.len());
+                    row.extend_from_slice(key);
+                    row.extend_from_slice(vals);
+                    row
                 });
             if !global {
                 return grouped;
