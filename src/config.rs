@@ -192,7 +192,13 @@ impl Config {
             if c.is_some_and(|c| c.columns.is_some() || c.id_column.is_some()) {
                 errors.push(format!("streams.{builtin}: the built-in stream's columns cannot be changed (only lateness and retention)"));
             }
-            match policy(c) {
+            let checked = policy(c).and_then(|p| {
+                if p.lateness_ms < 0 || p.retention_ms <= 0 || p.lateness_ms > p.retention_ms {
+                    bail!("lateness must be at most the retention, and the retention positive");
+                }
+                Ok(p)
+            });
+            match checked {
                 Ok(p) if builtin == EVENTS => streams.push(Stream::events(p)),
                 Ok(p) => streams.push(Stream::rejected(p)),
                 Err(e) => errors.push(format!("streams.{builtin}: {e}")),
@@ -302,6 +308,12 @@ mod tests {
         let c = Config::load(&Overrides { file: Some(path), ..Default::default() }, []).unwrap();
         assert_eq!(c.http, "0.0.0.0:7070");
         c.streams().unwrap();
+    }
+
+    #[test]
+    fn a_builtin_stream_with_lateness_beyond_retention_is_an_error_not_a_panic() {
+        let err = load(Some("[streams.events]\nlateness = \"2d\"\n"), &[], Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("streams.events: lateness must be at most the retention"), "{err:#}");
     }
 
     #[test]
