@@ -65,7 +65,7 @@ fn log_append(c: &mut Criterion) {
     g.bench_function("append_and_fsync_1000_events", |b| {
         b.iter_batched(|| (), |_| {
             wal.append(&record).unwrap();
-            wal.commit(Default::default).unwrap();
+            wal.commit().unwrap();
         }, BatchSize::SmallInput)
     });
     g.finish();

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use weir_engine::catalog::ViewDefinition;
+use weir_engine::quota::{usage_stream, Plan, QuotaSettings, USAGE, USAGE_RETENTION_MS};
 use weir_engine::schema::{Column, Stream, TimePolicy, EVENTS, REJECTED};
 use weir_engine::time::parse_duration_ms;
 
@@ -40,6 +41,41 @@ pub struct Config {
     /// Views created at every start.
     #[serde(default)]
     pub views: Vec<ViewConfig>,
+    /// Tenant quotas.
+    #[serde(default)]
+    pub quotas: QuotasConfig,
+}
+
+/// `[quotas]`: the default plan, per-tenant overrides, the warning ratio.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Usage at or above this fraction of a limit is `warning`.
+    #[serde(default = "default_warning_ratio")]
+    pub warning_ratio: f64,
+    /// `[quotas.default]`: the plan of every tenant without an override.
+    #[serde(default)]
+    pub default: Plan,
+    /// `[quotas.tenants.NAME]`: per-tenant overrides (fields absent come from the default).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, Plan>,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        QuotasConfig { warning_ratio: default_warning_ratio(), default: Plan::default(), tenants: BTreeMap::new() }
+    }
+}
+
+impl QuotasConfig {
+    /// The engine's quota settings.
+    pub fn settings(&self) -> QuotaSettings {
+        QuotaSettings { default: self.default.clone(), tenants: self.tenants.clone(), warning_ratio: self.warning_ratio }
+    }
+}
+
+fn default_warning_ratio() -> f64 {
+    0.8
 }
 
 /// `[ingest]`
@@ -204,8 +240,19 @@ impl Config {
                 Err(e) => errors.push(format!("streams.{builtin}: {e}")),
             }
         }
+        let mut usage = None;
+        match self.streams.get(USAGE) {
+            Some(c) if c.columns.is_some() || c.id_column.is_some() || c.lateness.is_some() => {
+                errors.push(format!("streams.{USAGE}: only the retention of the built-in usage stream can be set"))
+            }
+            c => match c.and_then(|c| c.retention.as_deref()).map(parse_duration_ms).transpose() {
+                Ok(Some(ms)) if ms <= 0 => errors.push(format!("streams.{USAGE}: the retention must be positive")),
+                Ok(r) => usage = Some(usage_stream(r.unwrap_or(USAGE_RETENTION_MS))),
+                Err(e) => errors.push(format!("streams.{USAGE}: {e}")),
+            },
+        }
         for (name, c) in &self.streams {
-            if name == EVENTS || name == REJECTED {
+            if name == EVENTS || name == REJECTED || name == USAGE {
                 continue;
             }
             if weir_engine::plan::check_view_name(name).is_err() {
@@ -229,6 +276,7 @@ impl Config {
         }
         // keep `rejected` last, as the engine expects nothing of the order but people read lists
         let rejected = streams.remove(1);
+        streams.extend(usage);
         streams.push(rejected);
         Ok(streams)
     }
@@ -334,7 +382,7 @@ time_column = "at"
         let c = load(Some(file), &[("WEIR_STREAMS__ORDERS__RETENTION", "3h")], Overrides::default()).unwrap();
         let streams = c.streams().unwrap();
         let names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, vec!["events", "orders", "rejected"]);
+        assert_eq!(names, vec!["events", "orders", "usage", "rejected"]);
         assert_eq!(streams[0].policy.lateness_ms, 600_000);
         assert_eq!(streams[1].policy.retention_ms, 3 * 3_600_000);
     }

@@ -98,7 +98,7 @@ pub async fn start(engine: Arc<Engine>, rate: u32, mut stop: watch::Receiver<boo
                         (i as u32 + 1, row)
                     })
                     .collect();
-                Decoded { rows, rejected: Vec::new() }
+                Decoded { rows, rejected: Vec::new(), sizes: Vec::new() }
             };
             if let Err(e) = engine.ingest(stream, decoded).await {
                 tracing::warn!(error = %e, "the demo generator stops");

@@ -50,6 +50,8 @@ pub struct Event {
     pub ts: i64,
     /// How far behind the stream's watermark it arrived (0 if it was not late).
     pub late_by: i64,
+    /// Its multiplicity: 1, except in weighted streams.
+    pub weight: isize,
 }
 
 /// Events of one stream committed in one epoch.
@@ -105,8 +107,10 @@ pub enum Command {
 }
 
 struct RetainedStream {
-    /// Retained events by event time: (row, late_by).
-    events: BTreeMap<i64, Vec<(Row, i64)>>,
+    /// Retained events by event time: (row, late_by, weight).
+    events: BTreeMap<i64, Vec<(Row, i64, isize)>>,
+    /// Whether equal rows at the same time are merged into one with their weights summed.
+    weighted: bool,
     watermark: i64,
     retention_ms: i64,
 }
@@ -152,7 +156,7 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
         let commands = commands.lock().unwrap_or_else(|e| e.into_inner());
         let mut retained: Vec<RetainedStream> = streams
             .iter()
-            .map(|s| RetainedStream { events: BTreeMap::new(), watermark: i64::MIN, retention_ms: s.policy.retention_ms })
+            .map(|s| RetainedStream { events: BTreeMap::new(), watermark: i64::MIN, retention_ms: s.policy.retention_ms, weighted: s.weighted })
             .collect();
         let mut views: Vec<ViewRuntime> = Vec::new();
         // the epoch every input has been advanced to: all epochs below it are closed
@@ -232,13 +236,18 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
             v.inputs[i].session.advance_to(epoch);
             for e in &batch.events {
                 if v.admits(&v.inputs[i], e.ts, e.late_by) {
-                    v.inputs[i].session.insert(e.row.clone());
+                    v.inputs[i].session.update(e.row.clone(), e.weight);
                 }
             }
         }
     }
     for e in batch.events {
-        stream.events.entry(e.ts).or_default().push((e.row, e.late_by));
+        let at = stream.events.entry(e.ts).or_default();
+        let same = if stream.weighted { at.iter_mut().find(|(row, late_by, _)| *late_by == e.late_by && *row == e.row) } else { None };
+        match same {
+            Some(same) => same.2 += e.weight,
+            None => at.push((e.row, e.late_by, e.weight)),
+        }
     }
     stream.watermark = stream.watermark.max(batch.watermark);
     // retract what fell out of each view's retention, then forget what fell out of the stream's
@@ -249,9 +258,9 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
             let cutoff = watermark.saturating_sub(retention);
             if cutoff > input.expired_before {
                 for (_, events) in stream.events.range(input.expired_before..cutoff) {
-                    for (row, late_by) in events {
+                    for (row, late_by, weight) in events {
                         if *late_by <= lateness {
-                            input.session.remove(row.clone());
+                            input.session.update(row.clone(), -weight);
                         }
                     }
                 }
@@ -307,9 +316,9 @@ fn create_view(
         view.inputs[i].session.advance_to(frontier - 1);
         let source = &retained[view.inputs[i].stream];
         for (ts, events) in source.events.range(view.inputs[i].expired_before..) {
-            for (row, late_by) in events {
+            for (row, late_by, weight) in events {
                 if view.admits(&view.inputs[i], *ts, *late_by) {
-                    view.inputs[i].session.insert(row.clone());
+                    view.inputs[i].session.update(row.clone(), *weight);
                 }
             }
         }

@@ -17,6 +17,7 @@ use crate::dataflow::{run_worker, Batch, Command, Event, ViewTime};
 use crate::error::{Error, Result};
 use crate::ingest::{start_gate, Decoded, GateHandle, GateState, Receipt};
 use crate::plan::Planner;
+use crate::quota::{Period, QuotaSettings, Quotas, QUOTA_USAGE, USAGE};
 use crate::schema::{Stream, EVENTS, REJECTED};
 use crate::store::{LiveView, ViewInfo, ViewStore};
 use crate::time::{parse_duration_ms, Epoch};
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     pub views: Vec<ViewDefinition>,
     /// Size at which the write-ahead log starts a new segment.
     pub segment_bytes: u64,
+    /// Quota plans from the configuration (run-time overrides are kept in the data directory).
+    pub quotas: QuotaSettings,
 }
 
 /// A running engine.
@@ -42,13 +45,14 @@ pub struct Engine {
     gate: GateHandle,
     dataflow: std::sync::Mutex<Sender<Command>>,
     catalog: Mutex<Catalog>,
+    quotas: Arc<Quotas>,
     recovered_events: usize,
 }
 
 impl Engine {
     /// Opens the data directory, recovers every acknowledged event, and starts.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
-        let EngineConfig { data_dir, mut streams, views, segment_bytes } = config;
+        let EngineConfig { data_dir, mut streams, views, segment_bytes, quotas } = config;
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
         if !streams.iter().any(|s| s.name == EVENTS) {
             streams.insert(0, Stream::events(crate::schema::TimePolicy::DEFAULT));
@@ -56,6 +60,10 @@ impl Engine {
         if !streams.iter().any(|s| s.name == REJECTED) {
             streams.push(Stream::rejected(crate::schema::TimePolicy::DEFAULT));
         }
+        if !streams.iter().any(|s| s.name == USAGE) {
+            streams.push(crate::quota::usage_stream(crate::quota::USAGE_RETENTION_MS));
+        }
+        let quotas = Arc::new(Quotas::open(quotas, Some(&data_dir))?);
         let streams = Arc::new(streams);
         let catalog = Catalog::load(&data_dir)?;
 
@@ -79,7 +87,9 @@ impl Engine {
                         return;
                     };
                     for row in &record.rows {
-                        if row.len() == replay_streams[i].columns.len() {
+                        if replay_streams[i].weighted {
+                            state.admit_usage(i, row);
+                        } else if row.len() == replay_streams[i].columns.len() {
                             recovered[i].push(state.admit(&replay_streams, i, row));
                         } else {
                             unknown += 1;
@@ -92,6 +102,10 @@ impl Engine {
             tracing::warn!(events = unknown, "the log holds events of streams that are no longer configured (or whose schema changed); they were skipped");
         }
         let recovered_events = recovered.iter().map(Vec::len).sum();
+        // usage enters the dataflow from the ledger: the checkpoint's summary plus the replayed rows
+        if let Some(u) = streams.iter().position(|s| s.weighted) {
+            recovered[u] = state.ledger.rows().map(|(row, ts, n)| Event { row, ts, late_by: 0, weight: n as isize }).collect();
+        }
         let last_epoch = state.last_epoch;
 
         let store = Arc::new(ViewStore::default());
@@ -115,7 +129,7 @@ impl Engine {
         }
 
         let wal = wal;
-        let (gate, _thread) = start_gate(streams.clone(), state, wal, dataflow_tx.clone());
+        let (gate, _thread) = start_gate(streams.clone(), state, wal, quotas.clone(), dataflow_tx.clone());
         let engine = Engine {
             planner: Planner::new(&streams)?,
             streams,
@@ -123,8 +137,10 @@ impl Engine {
             gate,
             dataflow: std::sync::Mutex::new(dataflow_tx),
             catalog: Mutex::new(catalog),
+            quotas,
             recovered_events,
         };
+        engine.install_usage_views().await?;
         for def in views {
             engine.install(def, true).await.map_err(|e| Error::Config(format!("a view in the configuration: {e}")))?;
         }
@@ -139,6 +155,39 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// The built-in views of tenant usage: `usage_per_{minute,hour,day,month}` in the
+    /// dataflow, and `quota_usage`, which joins them with the plans.
+    async fn install_usage_views(&self) -> Result<()> {
+        let retention = self.stream(USAGE).map(|(_, s)| s.policy.retention_ms).unwrap_or(crate::quota::USAGE_RETENTION_MS);
+        for period in Period::ALL {
+            let ms = period.view_retention_ms().min(retention);
+            let def = ViewDefinition { sql: period.view_sql(), lateness: None, retention: Some(format!("{ms}ms")) };
+            self.install(def, true).await?;
+        }
+        let info = ViewInfo {
+            name: QUOTA_USAGE.into(),
+            sql: "-- built in: the usage_per_* views joined with the tenants' quota plans".into(),
+            streams: vec![USAGE.into()],
+            columns: crate::quota::quota_usage_columns(),
+            lateness_ms: 0,
+            retention_ms: retention,
+            from_config: true,
+        };
+        self.store.insert(info);
+        let store = Arc::downgrade(&self.store);
+        let quotas = self.quotas.clone();
+        std::thread::Builder::new()
+            .name("weir-quota-usage".into())
+            .spawn(move || crate::quota::maintain_quota_usage(store, quotas))
+            .map_err(|e| Error::io("starting the quota usage thread", e))?;
+        Ok(())
+    }
+
+    /// The quota plans in force.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
     }
 
     /// How many events were recovered from the log at start.

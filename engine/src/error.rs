@@ -26,6 +26,9 @@ pub enum Error {
     /// The write-ahead log is damaged beyond the torn tail a crash can leave.
     #[error("write-ahead log: {0}")]
     Log(String),
+    /// A tenant reached a hard quota limit; the whole request was refused.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(Box<crate::quota::Refusal>),
     /// The engine has stopped and can take no more work.
     #[error("the engine is shutting down")]
     ShuttingDown,

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::dataflow::{Batch, Command, Event};
 use crate::error::{Error, Result};
+use crate::quota::{usage_row, Ledger, Metric, Quotas};
 use crate::schema::{Stream, REJECTED};
 use crate::time::{format_rfc3339_ms, now_ms, Epoch};
 use crate::value::{Row, Value};
@@ -45,6 +46,8 @@ pub struct Decoded {
     pub rows: Vec<(u32, Row)>,
     /// Lines that did not.
     pub rejected: Vec<Rejection>,
+    /// The size in bytes of each row as received, in `rows` order (empty: unknown).
+    pub sizes: Vec<u32>,
 }
 
 /// What happened to a submitted request.
@@ -74,13 +77,21 @@ pub struct GateState {
     pub watermarks: Vec<i64>,
     /// Per stream, accepted idempotency keys `(tenant, id)` with their event time.
     pub ids: Vec<HashMap<(Arc<str>, Arc<str>), i64>>,
+    /// Usage per tenant, for quotas and the `usage` stream.
+    pub ledger: Ledger,
     inserts_since_prune: usize,
 }
 
 impl GateState {
     /// An empty state for these streams.
     pub fn new(streams: &[Stream]) -> GateState {
-        GateState { last_epoch: 0, watermarks: vec![i64::MIN; streams.len()], ids: vec![HashMap::new(); streams.len()], inserts_since_prune: 0 }
+        GateState {
+            last_epoch: 0,
+            watermarks: vec![i64::MIN; streams.len()],
+            ids: vec![HashMap::new(); streams.len()],
+            ledger: Ledger::default(),
+            inserts_since_prune: 0,
+        }
     }
 
     /// Admits an already-accepted row (from the log, or just checked): moves the
@@ -98,7 +109,20 @@ impl GateState {
             self.ids[stream].insert(key, ts);
             self.inserts_since_prune += 1;
         }
-        Event { row: row.clone(), ts, late_by }
+        Event { row: row.clone(), ts, late_by, weight: 1 }
+    }
+
+    /// Admits a logged row of the weighted `usage` stream (its weight is the last
+    /// value) into the ledger, which seeds the dataflow once replay is done.
+    pub fn admit_usage(&mut self, stream: usize, row: &Row) {
+        let (Some(Value::Str(tenant)), Some(Value::Timestamp(ts)), Some(metric), Some(Value::Int(n))) =
+            (row.first(), row.get(1), crate::quota::metric_of(row), row.get(3))
+        else {
+            tracing::warn!("skipped a malformed usage row in the log");
+            return;
+        };
+        self.ledger.add(tenant, *ts, metric, *n);
+        self.watermarks[stream] = self.watermarks[stream].max(*ts);
     }
 
     /// The state a log segment starting now would record.
@@ -109,7 +133,7 @@ impl GateState {
             .filter(|(_, w)| **w != i64::MIN)
             .map(|(s, w)| (s.name.clone(), *w))
             .collect();
-        Checkpoint { last_epoch: self.last_epoch, watermarks }
+        Checkpoint { last_epoch: self.last_epoch, watermarks, usage: self.ledger.compacted(self.last_epoch as i64) }
     }
 
     /// Starts from a log segment's checkpoint.
@@ -120,12 +144,15 @@ impl GateState {
                 self.watermarks[i] = self.watermarks[i].max(*w);
             }
         }
+        self.ledger.restore(&checkpoint.usage);
     }
 
     /// Whether every event of `stream` up to `max_ts` has left retention (or the stream
     /// is gone), so that the log no longer needs them.
     fn expired(&self, streams: &[Stream], stream: &str, max_ts: i64) -> bool {
         match streams.iter().position(|s| s.name == stream) {
+            // usage lives on in every later segment's checkpoint
+            Some(i) if streams[i].weighted => true,
             Some(i) => max_ts < self.watermarks[i].saturating_sub(streams[i].policy.retention_ms),
             None => true,
         }
@@ -134,6 +161,9 @@ impl GateState {
     /// Forgets idempotency keys of events that have left retention: a repeat of one of
     /// those would be refused as late anyway.
     fn prune(&mut self, streams: &[Stream]) {
+        if let Some(u) = streams.iter().position(|s| s.weighted) {
+            self.ledger.expire(self.watermarks[u].saturating_sub(streams[u].policy.retention_ms));
+        }
         if self.inserts_since_prune < 100_000 {
             return;
         }
@@ -169,17 +199,92 @@ impl GateHandle {
 }
 
 /// Starts the gate thread.
-pub fn start_gate(streams: Arc<Vec<Stream>>, state: GateState, wal: Wal, dataflow: Sender<Command>) -> (GateHandle, std::thread::JoinHandle<()>) {
+pub fn start_gate(
+    streams: Arc<Vec<Stream>>,
+    state: GateState,
+    wal: Wal,
+    quotas: Arc<Quotas>,
+    dataflow: Sender<Command>,
+) -> (GateHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("weir-ingest-gate".into())
-        .spawn(move || run_gate(streams, state, wal, rx, dataflow))
+        .spawn(move || run_gate(streams, state, wal, quotas, rx, dataflow))
         .expect("spawning the ingest gate thread");
     (GateHandle { tx }, thread)
 }
 
-fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: Receiver<Submission>, dataflow: Sender<Command>) {
+/// A submission's rows that passed the lateness and duplicate checks, and what it would
+/// add to each tenant's usage.
+struct Checked<'a> {
+    fresh: Vec<&'a Row>,
+    duplicates: usize,
+    refused: Vec<Rejection>,
+    /// Per tenant: (events, bytes), in first-seen order.
+    usage: Vec<(Arc<str>, u64, u64)>,
+}
+
+fn check<'a>(s: &Stream, stream: usize, state: &GateState, decoded: &'a Decoded) -> Checked<'a> {
+    let mut out = Checked { fresh: Vec::with_capacity(decoded.rows.len()), duplicates: 0, refused: decoded.rejected.clone(), usage: Vec::new() };
+    let mut seen = std::collections::HashSet::new();
+    // rows are checked in order, each against the watermark the rows before it moved
+    let mut watermark = state.watermarks[stream];
+    for (i, (line, row)) in decoded.rows.iter().enumerate() {
+        let ts = match row.get(s.time) {
+            Some(Value::Timestamp(t)) if row.len() == s.columns.len() => *t,
+            _ => {
+                // formats validate rows; this guards in-process callers that build their own
+                out.refused.push(Rejection {
+                    line: *line,
+                    raw: format!("{row:?}"),
+                    error: format!("a row of {} needs {} values with a timestamp in {:?}", s.name, s.columns.len(), s.columns[s.time].name),
+                    tenant: None,
+                });
+                continue;
+            }
+        };
+        if s.checks_lateness() && watermark != i64::MIN && watermark.saturating_sub(ts) > s.policy.lateness_ms {
+            out.refused.push(Rejection {
+                line: *line,
+                raw: crate::json::row_to_json(&s.columns, row).to_string(),
+                error: format!(
+                    "late: event time {} is more than the allowed lateness ({} ms) behind the watermark {}",
+                    format_rfc3339_ms(ts),
+                    s.policy.lateness_ms,
+                    format_rfc3339_ms(watermark)
+                ),
+                tenant: match &row[s.tenant] {
+                    Value::Str(t) => Some(t.to_string()),
+                    _ => None,
+                },
+            });
+            continue;
+        }
+        if let Some(key) = id_key(s, row)
+            && (state.ids[stream].contains_key(&key) || !seen.insert(key))
+        {
+            out.duplicates += 1;
+            continue;
+        }
+        if let Value::Str(tenant) = &row[s.tenant] {
+            let bytes = decoded.sizes.get(i).copied().unwrap_or(0) as u64;
+            match out.usage.iter_mut().find(|(t, _, _)| t == tenant) {
+                Some(u) => {
+                    u.1 += 1;
+                    u.2 += bytes;
+                }
+                None => out.usage.push((tenant.clone(), 1, bytes)),
+            }
+        }
+        watermark = watermark.max(ts);
+        out.fresh.push(row);
+    }
+    out
+}
+
+fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quotas: Arc<Quotas>, rx: Receiver<Submission>, dataflow: Sender<Command>) {
     let rejected_stream = streams.iter().position(|s| s.name == REJECTED).expect("the rejected stream exists");
+    let usage_stream = streams.iter().position(|s| s.weighted);
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < 4096 {
@@ -189,63 +294,61 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: R
             }
         }
         let epoch = (now_ms().max(0) as Epoch).max(state.last_epoch + 1);
-        let before = state.checkpoint(&streams);
-        let mut receipts = Vec::with_capacity(group.len());
+        let now = epoch as i64;
+        // a new segment starts with the state before this group
+        if let Err(e) = wal.rotate_if_full(|| state.checkpoint(&streams)) {
+            tracing::error!(error = %e, "the write-ahead log failed; ingest stops");
+            for sub in group {
+                let _ = sub.reply.send(Err(Error::Log(e.to_string())));
+            }
+            return;
+        }
+        let settings = quotas.settings();
+        let mut receipts: Vec<Result<Receipt>> = Vec::with_capacity(group.len());
         let mut accepted: Vec<Vec<Event>> = vec![Vec::new(); streams.len()];
+        // usage of this group per (tenant, metric)
+        let mut usage: Vec<((Arc<str>, Metric), i64)> = Vec::new();
+        let mut count = |tenant: &Arc<str>, metric: Metric, n: u64| {
+            if n == 0 {
+                return;
+            }
+            match usage.iter_mut().find(|((t, m), _)| t == tenant && *m == metric) {
+                Some(u) => u.1 += n as i64,
+                None => usage.push(((tenant.clone(), metric), n as i64)),
+            }
+        };
         let mut failed: Option<String> = None;
         for sub in &group {
             let s = &streams[sub.stream];
-            let mut receipt = Receipt { accepted: 0, duplicates: 0, rejected: Vec::new(), epoch };
-            let mut refused: Vec<Rejection> = sub.decoded.rejected.clone();
-            for (line, row) in &sub.decoded.rows {
-                let ts = match row.get(s.time) {
-                    Some(Value::Timestamp(t)) if row.len() == s.columns.len() => *t,
-                    _ => {
-                        // formats validate rows; this guards in-process callers that build their own
-                        refused.push(Rejection {
-                            line: *line,
-                            raw: format!("{row:?}"),
-                            error: format!("a row of {} needs {} values with a timestamp in {:?}", s.name, s.columns.len(), s.columns[s.time].name),
-                            tenant: None,
-                        });
-                        continue;
-                    }
-                };
-                let watermark = state.watermarks[sub.stream];
-                if s.checks_lateness() && watermark != i64::MIN && watermark.saturating_sub(ts) > s.policy.lateness_ms {
-                    refused.push(Rejection {
-                        line: *line,
-                        raw: crate::json::row_to_json(&s.columns, row).to_string(),
-                        error: format!(
-                            "late: event time {} is more than the allowed lateness ({} ms) behind the watermark {}",
-                            format_rfc3339_ms(ts),
-                            s.policy.lateness_ms,
-                            format_rfc3339_ms(watermark)
-                        ),
-                        tenant: match &row[s.tenant] {
-                            Value::Str(t) => Some(t.to_string()),
-                            _ => None,
-                        },
-                    });
-                    continue;
+            let checked = check(s, sub.stream, &state, &sub.decoded);
+            let refusal = checked.usage.iter().find_map(|(tenant, events, bytes)| state.ledger.check(tenant, &settings.plan(tenant), now, *events, *bytes));
+            if let Some(refusal) = refusal {
+                // the whole request is refused; its events count as refused for their tenants
+                for (tenant, events, _) in &checked.usage {
+                    state.ledger.add(tenant, now, Metric::Refused, *events as i64);
+                    count(tenant, Metric::Refused, *events);
                 }
-                if let Some(key) = id_key(s, row) {
-                    if state.ids[sub.stream].contains_key(&key) {
-                        receipt.accepted += 1;
-                        receipt.duplicates += 1;
-                        continue;
-                    }
-                }
-                accepted[sub.stream].push(state.admit(&streams, sub.stream, row));
-                receipt.accepted += 1;
+                receipts.push(Err(Error::QuotaExceeded(Box::new(refusal))));
+                continue;
             }
+            let mut receipt = Receipt { accepted: checked.fresh.len() + checked.duplicates, duplicates: checked.duplicates, rejected: Vec::new(), epoch };
+            for row in checked.fresh {
+                accepted[sub.stream].push(state.admit(&streams, sub.stream, row));
+            }
+            for (tenant, events, bytes) in &checked.usage {
+                state.ledger.add(tenant, now, Metric::Events, *events as i64);
+                state.ledger.add(tenant, now, Metric::Bytes, *bytes as i64);
+                count(tenant, Metric::Events, *events);
+                count(tenant, Metric::Bytes, *bytes);
+            }
+            let mut refused = checked.refused;
             refused.sort_by_key(|r| r.line);
             for r in refused {
                 receipt.rejected.push((r.line, r.error.clone()));
-                let row = rejected_row(s, &r, epoch as i64);
+                let row = rejected_row(s, &r, now);
                 accepted[rejected_stream].push(state.admit(&streams, rejected_stream, &row));
             }
-            receipts.push(receipt);
+            receipts.push(Ok(receipt));
         }
         let mut batches = Vec::new();
         for (i, events) in accepted.into_iter().enumerate() {
@@ -259,10 +362,21 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: R
             }
             batches.push(Batch { epoch, stream: i, events, watermark: state.watermarks[i] });
         }
-        if failed.is_none() {
-            if let Err(e) = wal.commit(|| before) {
+        if let (Some(u), false) = (usage_stream, usage.is_empty()) {
+            let minute = crate::quota::Period::Minute.start(now);
+            state.watermarks[u] = state.watermarks[u].max(minute);
+            let events: Vec<Event> =
+                usage.into_iter().map(|((tenant, metric), n)| Event { row: usage_row(&tenant, minute, metric), ts: minute, late_by: 0, weight: n as isize }).collect();
+            let logged = events.iter().map(|e| e.row.iter().cloned().chain([Value::Int(e.weight as i64)]).collect()).collect();
+            if let Err(e) = wal.append(&Record { epoch, stream: streams[u].name.clone(), max_ts: minute, rows: logged }) {
                 failed = Some(e.to_string());
             }
+            batches.push(Batch { epoch, stream: u, events, watermark: state.watermarks[u] });
+        }
+        if failed.is_none()
+            && let Err(e) = wal.commit()
+        {
+            failed = Some(e.to_string());
         }
         if let Some(error) = failed {
             // Nothing of this group was acknowledged; the log may hold part of it, which
@@ -283,7 +397,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, rx: R
             return;
         }
         for (sub, receipt) in group.into_iter().zip(receipts) {
-            let _ = sub.reply.send(Ok(receipt));
+            let _ = sub.reply.send(receipt);
         }
     }
 }

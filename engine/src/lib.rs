@@ -23,6 +23,7 @@ pub mod expr;
 pub mod ingest;
 pub mod json;
 pub mod plan;
+pub mod quota;
 pub mod schema;
 pub mod store;
 pub mod time;

@@ -134,6 +134,9 @@ pub struct Stream {
     pub defaults: Vec<Option<Value>>,
     /// The time policy.
     pub policy: TimePolicy,
+    /// Whether rows carry a weight (a multiplicity) besides their values: logged rows
+    /// have it as one extra last value. The built-in `usage` stream is weighted.
+    pub weighted: bool,
 }
 
 /// How late an event may be, and how long events are kept.
@@ -188,7 +191,7 @@ impl Stream {
         let mut columns = columns;
         columns[tenant].nullable = false;
         columns[time].nullable = false;
-        Ok(Stream { name: name.to_string(), columns, tenant, time, id, defaults, policy })
+        Ok(Stream { name: name.to_string(), columns, tenant, time, id, defaults, policy, weighted: false })
     }
 
     /// The default stream `events`: `tenant`, `ts`, `kind`, `value` (default 0),
@@ -232,6 +235,6 @@ impl Stream {
     /// Whether late events are checked against this stream's watermark; `rejected` is
     /// stamped with ingest time and never late.
     pub fn checks_lateness(&self) -> bool {
-        self.name != REJECTED
+        self.name != REJECTED && !self.weighted
     }
 }

@@ -172,6 +172,11 @@ impl LiveView {
         Subscription { start, changes }
     }
 
+    /// Applies one epoch's changes (for views maintained outside the dataflow).
+    pub fn publish_changes(&self, epoch: Epoch, changes: Vec<(Row, isize)>) {
+        self.publish(epoch, changes)
+    }
+
     fn publish(&self, epoch: Epoch, changes: Vec<(Row, isize)>) {
         let mut state = self.lock();
         if epoch < state.epoch || (epoch == state.epoch && changes.is_empty()) {

@@ -50,6 +50,9 @@ pub struct Checkpoint {
     pub last_epoch: Epoch,
     /// Each stream's watermark before the segment (streams without events are absent).
     pub watermarks: Vec<(String, i64)>,
+    /// The usage ledger before the segment (tenant, time, metric, amount), so that
+    /// segments holding usage rows can be deleted with their events.
+    pub usage: Vec<(String, i64, crate::quota::Metric, i64)>,
 }
 
 /// What the log holds, in order.
@@ -174,12 +177,19 @@ impl Wal {
 
     /// Writes the pending group and syncs it to disk. `before` is the state before the
     /// group: if the group starts a new segment, it is that segment's checkpoint.
-    pub fn commit(&mut self, before: impl FnOnce() -> Checkpoint) -> Result<()> {
+    /// Starts a new segment, opening with `checkpoint` (the state before the next
+    /// appends), if the active one has reached the segment size.
+    pub fn rotate_if_full(&mut self, checkpoint: impl FnOnce() -> Checkpoint) -> Result<()> {
+        if self.written > 0 && self.written >= self.segment_bytes {
+            self.rotate(&checkpoint())?;
+        }
+        Ok(())
+    }
+
+    /// Writes the appended records and syncs them to disk.
+    pub fn commit(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
-        }
-        if self.written > 0 && self.written + self.buffer.len() as u64 > self.segment_bytes {
-            self.rotate(&before())?;
         }
         let result = self.file.write_all(&self.buffer).and_then(|_| self.file.sync_data());
         self.written += self.buffer.len() as u64;
@@ -313,7 +323,7 @@ mod tests {
         let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |e| assert!(matches!(e, Entry::Checkpoint(_)), "empty log")).unwrap();
         wal.append(&record(1, 10)).unwrap();
         wal.append(&record(2, 20)).unwrap();
-        wal.commit(Checkpoint::default).unwrap();
+        wal.commit().unwrap();
         drop(wal);
         // simulate a crash halfway through writing a third record
         let path = segment_path(dir.path(), 1);
@@ -323,7 +333,7 @@ mod tests {
         assert_eq!(epochs(dir.path()), vec![1, 2]);
         let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
         wal.append(&record(3, 30)).unwrap();
-        wal.commit(Checkpoint::default).unwrap();
+        wal.commit().unwrap();
         drop(wal);
         assert_eq!(epochs(dir.path()), vec![1, 2, 3]);
     }
@@ -333,10 +343,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
         wal.append(&record(1, 10)).unwrap();
-        wal.commit(Checkpoint::default).unwrap();
+        wal.commit().unwrap();
         wal.rotate(&Checkpoint::default()).unwrap();
         wal.append(&record(2, 20)).unwrap();
-        wal.commit(Checkpoint::default).unwrap();
+        wal.commit().unwrap();
         drop(wal);
         let path = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
@@ -352,8 +362,8 @@ mod tests {
         let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
         for (epoch, ts) in [(1, 100), (2, 500), (3, 200)] {
             wal.append(&record(epoch, ts)).unwrap();
-            wal.commit(Checkpoint::default).unwrap();
-            let state = Checkpoint { last_epoch: epoch, watermarks: vec![("events".into(), ts)] };
+            wal.commit().unwrap();
+            let state = Checkpoint { last_epoch: epoch, watermarks: vec![("events".into(), ts)], usage: vec![] };
             wal.rotate(&state).unwrap();
         }
         assert_eq!(wal.segments(), 4);
@@ -364,7 +374,7 @@ mod tests {
         let mut entries = Vec::new();
         Wal::open(dir.path(), SEGMENT_BYTES, |e| entries.push(e)).unwrap();
         let Entry::Checkpoint(first) = &entries[0] else { panic!("replay starts at a checkpoint") };
-        assert_eq!(first, &Checkpoint { last_epoch: 1, watermarks: vec![("events".into(), 100)] });
+        assert_eq!(first, &Checkpoint { last_epoch: 1, watermarks: vec![("events".into(), 100)], usage: vec![] });
         let replayed: Vec<Epoch> = entries.iter().filter_map(|e| if let Entry::Events(r) = e { Some(r.epoch) } else { None }).collect();
         assert_eq!(replayed, vec![2, 3]);
     }

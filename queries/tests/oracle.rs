@@ -156,7 +156,7 @@ async fn check(batches: Vec<(Vec<GenEvent>, Vec<GenOrder>)>) -> Result<(), TestC
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
     let views = VIEWS.iter().map(|(name, select)| ViewDefinition { sql: format!("CREATE VIEW {name} AS {select}"), lateness: None, retention: None }).collect();
-    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![orders_stream()], views, segment_bytes: SEGMENT_BYTES };
+    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![orders_stream()], views, segment_bytes: SEGMENT_BYTES, quotas: Default::default() };
     let engine = Engine::open(config).await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
     let (orders_index, _) = engine.stream("orders").unwrap();
@@ -165,7 +165,7 @@ async fn check(batches: Vec<(Vec<GenEvent>, Vec<GenOrder>)>) -> Result<(), TestC
     let mut ids: HashSet<String> = HashSet::new();
     for (batch, orders) in batches {
         let rows: Vec<(u32, Row)> = batch.iter().enumerate().map(|(i, e)| (i as u32 + 1, row(e))).collect();
-        let receipt = engine.ingest(stream, Decoded { rows: rows.clone(), rejected: vec![] }).await.unwrap();
+        let receipt = engine.ingest(stream, Decoded { rows: rows.clone(), rejected: vec![], sizes: vec![] }).await.unwrap();
         let refused: HashSet<u32> = receipt.rejected.iter().map(|(line, _)| *line).collect();
         for (line, r) in rows {
             if refused.contains(&line) {
@@ -180,7 +180,7 @@ async fn check(batches: Vec<(Vec<GenEvent>, Vec<GenOrder>)>) -> Result<(), TestC
             accepted.push(r);
         }
         let order_rows: Vec<(u32, Row)> = orders.iter().enumerate().map(|(i, o)| (i as u32 + 1, order_row(o))).collect();
-        let order_receipt = engine.ingest(orders_index, Decoded { rows: order_rows.clone(), rejected: vec![] }).await.unwrap();
+        let order_receipt = engine.ingest(orders_index, Decoded { rows: order_rows.clone(), rejected: vec![], sizes: vec![] }).await.unwrap();
         let refused: HashSet<u32> = order_receipt.rejected.iter().map(|(line, _)| *line).collect();
         accepted_orders.extend(order_rows.into_iter().filter(|(line, _)| !refused.contains(line)).map(|(_, r)| r));
         let epoch = receipt.epoch.max(order_receipt.epoch);
@@ -217,14 +217,14 @@ proptest! {
 async fn late_views_and_restarts_see_every_accepted_event() {
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
-    let open = || Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views: vec![], segment_bytes: SEGMENT_BYTES });
+    let open = || Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views: vec![], segment_bytes: SEGMENT_BYTES, quotas: Default::default() });
     let engine = open().await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
     let sample: Vec<GenEvent> = (0..40)
         .map(|i| GenEvent { tenant: ["a", "b"][i % 2], kind: ["click", "buy", "view"][i % 3], offset_s: (i as i64 * 37) % 600, value: Some(i as i64), region: None, id: None })
         .collect();
     let rows: Vec<(u32, Row)> = sample.iter().enumerate().map(|(i, e)| (i as u32 + 1, row(e))).collect();
-    engine.ingest(stream, Decoded { rows: rows.clone(), rejected: vec![] }).await.unwrap();
+    engine.ingest(stream, Decoded { rows: rows.clone(), rejected: vec![], sizes: vec![] }).await.unwrap();
     let (name, select) = VIEWS[0];
     engine.create_view(ViewDefinition { sql: format!("CREATE VIEW {name} AS {select}"), lateness: None, retention: None }).await.unwrap();
     let accepted: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();

@@ -63,7 +63,7 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, rows: &Arc<Vec<Row>>) -
                     _ => 0,
                 };
                 watermark = watermark.max(ts);
-                Event { row: row.clone(), ts, late_by: 0 }
+                Event { row: row.clone(), ts, late_by: 0, weight: 1 }
             })
             .collect();
         let epoch = i as u64 + 1;

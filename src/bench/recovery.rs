@@ -18,7 +18,7 @@ use super::{bench_streams, Report};
 const BATCH: usize = 10_000;
 
 async fn open(dir: &std::path::Path) -> anyhow::Result<Engine> {
-    Ok(Engine::open(EngineConfig { data_dir: dir.to_path_buf(), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES }).await?)
+    Ok(Engine::open(EngineConfig { data_dir: dir.to_path_buf(), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default() }).await?)
 }
 
 pub async fn run(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
@@ -28,7 +28,7 @@ pub async fn run(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report>
         engine.create_view(ViewDefinition { sql: WINDOW_SQL.into(), lateness: None, retention: None }).await?;
         let (stream, _) = engine.stream("events").context("the events stream")?;
         for chunk in rows.chunks(BATCH) {
-            let decoded = Decoded { rows: chunk.iter().cloned().enumerate().map(|(i, r)| (i as u32 + 1, r)).collect(), rejected: vec![] };
+            let decoded = Decoded { rows: chunk.iter().cloned().enumerate().map(|(i, r)| (i as u32 + 1, r)).collect(), rejected: vec![], sizes: vec![] };
             let receipt = engine.ingest(stream, decoded).await?;
             if !receipt.rejected.is_empty() {
                 bail!("the log refused events: {:?}", receipt.rejected[0]);

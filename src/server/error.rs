@@ -12,11 +12,15 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// More fields for the JSON body (e.g. which quota limit was reached).
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), details: None, retry_after: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -30,7 +34,16 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        if let Error::QuotaExceeded(refusal) = &e {
+            let details = match serde_json::to_value(refusal.as_ref()) {
+                Ok(serde_json::Value::Object(map)) => Some(map),
+                _ => None,
+            };
+            let retry_after = Some(refusal.retry_after_s);
+            return ApiError { details, retry_after, ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string()) };
+        }
         let (status, code) = match &e {
+            Error::QuotaExceeded(_) => unreachable!("handled above"),
             Error::Sql(_) => (StatusCode::BAD_REQUEST, "invalid_sql"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
@@ -47,6 +60,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        (self.status, Json(serde_json::json!({ "code": self.code, "message": self.message }))).into_response()
+        let mut body = self.details.unwrap_or_default();
+        body.insert("code".into(), self.code.into());
+        body.insert("message".into(), self.message.into());
+        let mut response = (self.status, Json(serde_json::Value::Object(body))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -8,11 +8,14 @@
 //!   GET    /v1/views/{view}              rows (JSON, or CSV with Accept: text/csv)
 //!   DELETE /v1/views/{view}              drop a view
 //!   GET    /v1/views/{view}/subscribe    Server-Sent Events: snapshot, then changes
+//!   GET    /v1/tenants/{tenant}/quota    a tenant's plan and usage
+//!   PUT    /v1/tenants/{tenant}/quota    set a tenant's plan {"events_per_minute": 1000, …}
 //!   GET    /livez, /readyz               health
 //! ```
 
 mod error;
 mod ingest;
+mod tenants;
 mod views;
 
 use std::sync::Arc;
@@ -42,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views", get(views::list).post(views::create))
         .route("/v1/views/{view}", get(views::read).delete(views::drop))
         .route("/v1/views/{view}/subscribe", get(views::subscribe))
+        .route("/v1/tenants/{tenant}/quota", get(tenants::get_quota).put(tenants::put_quota))
         .route("/livez", get(|| async { Json(json!({"status": "live"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         .fallback(|| async { error::ApiError::not_found("no such endpoint; see docs/http-api.md") })

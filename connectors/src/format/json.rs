@@ -40,7 +40,10 @@ pub fn decode_ndjson(stream: &Stream, body: &[u8]) -> Result<Decoded, BodyError>
         let mut de = serde_json::Deserializer::from_str(line);
         let decoded = serde::de::DeserializeSeed::deserialize(RowSeed { stream, interner: &interner }, &mut de).and_then(|row| de.end().map(|_| row));
         match decoded {
-            Ok(Ok(row)) => out.rows.push((line_no, row)),
+            Ok(Ok(row)) => {
+                out.rows.push((line_no, row));
+                out.sizes.push(line.len() as u32);
+            }
             // valid JSON that breaks the schema, or not JSON at all: take the slow path
             // once, for the precise reason and the line's tenant
             _ => match serde_json::from_str::<Json>(line) {
@@ -234,7 +237,10 @@ fn push(stream: &Stream, line: u32, json: &Json, raw: impl Fn() -> String, out: 
         return;
     };
     match row_from_object(stream, object) {
-        Ok(row) => out.rows.push((line, row)),
+        Ok(row) => {
+            out.rows.push((line, row));
+            out.sizes.push(raw().len() as u32);
+        }
         Err(error) => {
             let tenant = object.get(&stream.columns[stream.tenant].name).and_then(Json::as_str).map(str::to_string);
             out.rejected.push(rejection(line, raw(), error, tenant));
