@@ -14,6 +14,7 @@
 //! rows, and the binary serves its views.
 #![warn(missing_docs)]
 
+pub mod anomaly;
 pub mod catalog;
 pub mod columnar;
 pub mod dataflow;
