@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use weir_engine::catalog::ViewDefinition;
+use weir_engine::detect::DetectorDefinition;
 use weir_engine::quota::{usage_stream, Plan, QuotaSettings, USAGE, USAGE_RETENTION_MS};
 use weir_engine::schema::{Column, Stream, TimePolicy, EVENTS, REJECTED};
 use weir_engine::time::parse_duration_ms;
@@ -44,6 +45,9 @@ pub struct Config {
     /// Tenant quotas.
     #[serde(default)]
     pub quotas: QuotasConfig,
+    /// `[[anomalies]]`: anomaly detectors started at every start.
+    #[serde(default)]
+    pub anomalies: Vec<DetectorDefinition>,
 }
 
 /// `[quotas]`: the default plan, per-tenant overrides, the warning ratio.

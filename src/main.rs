@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod demo;
+mod detect;
 mod serve;
 mod server;
 
@@ -52,6 +53,27 @@ enum Command {
         #[arg(long, default_value_t = 50_000)]
         rate: u64,
     },
+    /// Score a CSV time series (columns timestamp,value) with an anomaly detector run by the real engine.
+    Detect {
+        /// The series: a CSV file with a header naming `timestamp` and `value` columns.
+        #[arg(long, value_name = "FILE.csv")]
+        input: PathBuf,
+        /// Where to write `timestamp,value,anomaly_score`, one line per input row.
+        #[arg(long, value_name = "SCORES.csv")]
+        output: PathBuf,
+        /// Window length, e.g. 5m (default: the series' median sampling interval).
+        #[arg(long)]
+        window: Option<String>,
+        /// zscore, mad or ewma.
+        #[arg(long, default_value = "zscore")]
+        method: String,
+        /// Windows in the baseline.
+        #[arg(long, default_value_t = 30)]
+        baseline: usize,
+        /// Deviation at which a window is flagged (score 0.5); default: the method's.
+        #[arg(long)]
+        threshold: Option<f64>,
+    },
 }
 
 #[derive(Args)]
@@ -81,6 +103,9 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { serve, rate } => (serve.load()?, Some(rate)),
         Command::Bench { workloads, events, workers, json, input, rate } => {
             return bench::run(bench::BenchArgs { workloads, events, workers, json, input, rate });
+        }
+        Command::Detect { input, output, window, method, baseline, threshold } => {
+            return detect::run(detect::DetectArgs { input, output, window, method, baseline, threshold });
         }
     };
     tracing_subscriber::fmt()

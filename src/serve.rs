@@ -23,7 +23,7 @@ pub struct Running {
 /// Opens the engine (recovering from the log) and starts serving HTTP.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let streams = config.streams()?;
-    let engine = Engine::open(EngineConfig { data_dir: config.data_dir.clone(), streams, views: config.view_definitions(), segment_bytes: config.wal.segment_bytes, quotas: config.quotas.settings() })
+    let engine = Engine::open(EngineConfig { data_dir: config.data_dir.clone(), streams, views: config.view_definitions(), segment_bytes: config.wal.segment_bytes, quotas: config.quotas.settings(), detectors: config.anomalies.clone() })
         .await
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
     let engine = Arc::new(engine);

@@ -6,6 +6,7 @@
 //!                ─▶ create the configured and catalogued views ─▶ start the ingest gate
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::catalog::{Catalog, ViewDefinition};
 use crate::dataflow::{run_worker, Batch, Command, Event, ViewTime};
 use crate::error::{Error, Result};
 use crate::ingest::{start_gate, Decoded, GateHandle, GateState, Receipt};
+use crate::detect::{Compiled, DetectorDefinition, ANOMALIES};
 use crate::plan::Planner;
 use crate::quota::{Period, QuotaSettings, Quotas, QUOTA_USAGE, USAGE};
 use crate::schema::{Stream, EVENTS, REJECTED};
@@ -35,6 +37,8 @@ pub struct EngineConfig {
     pub segment_bytes: u64,
     /// Quota plans from the configuration (run-time overrides are kept in the data directory).
     pub quotas: QuotaSettings,
+    /// Anomaly detectors from the configuration, started at every start.
+    pub detectors: Vec<DetectorDefinition>,
 }
 
 /// A running engine.
@@ -46,13 +50,24 @@ pub struct Engine {
     dataflow: std::sync::Mutex<Sender<Command>>,
     catalog: Mutex<Catalog>,
     quotas: Arc<Quotas>,
+    detectors: Mutex<BTreeMap<String, Running>>,
+    /// Serializes writes to the `anomalies` view.
+    anomalies_lock: Arc<std::sync::Mutex<()>>,
+    data_dir: PathBuf,
     recovered_events: usize,
+}
+
+/// A running detector.
+struct Running {
+    def: DetectorDefinition,
+    from_config: bool,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Engine {
     /// Opens the data directory, recovers every acknowledged event, and starts.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
-        let EngineConfig { data_dir, mut streams, views, segment_bytes, quotas } = config;
+        let EngineConfig { data_dir, mut streams, views, segment_bytes, quotas, detectors } = config;
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
         if !streams.iter().any(|s| s.name == EVENTS) {
             streams.insert(0, Stream::events(crate::schema::TimePolicy::DEFAULT));
@@ -138,6 +153,9 @@ impl Engine {
             dataflow: std::sync::Mutex::new(dataflow_tx),
             catalog: Mutex::new(catalog),
             quotas,
+            detectors: Mutex::new(BTreeMap::new()),
+            anomalies_lock: Arc::new(std::sync::Mutex::new(())),
+            data_dir: data_dir.clone(),
             recovered_events,
         };
         engine.install_usage_views().await?;
@@ -147,6 +165,22 @@ impl Engine {
         let stored: Vec<ViewDefinition> = engine.catalog.lock().await.views().iter().map(|(_, d)| d.clone()).collect();
         for def in stored {
             engine.install(def, false).await?;
+        }
+        engine.store.insert(ViewInfo {
+            name: ANOMALIES.into(),
+            sql: "-- built in: the scores of every anomaly detector".into(),
+            streams: vec![],
+            columns: crate::detect::anomalies_columns(),
+            lateness_ms: 0,
+            retention_ms: i64::MAX,
+            from_config: true,
+        })
+        .publish_changes(last_epoch, Vec::new());
+        for def in detectors {
+            engine.start_detector(def, true).await.map_err(|e| Error::Config(format!("a detector in the configuration: {e}")))?;
+        }
+        for def in load_detectors(&data_dir)? {
+            engine.start_detector(def, false).await?;
         }
         // Be complete before serving: every view reflects everything recovered.
         for view in engine.store.list() {
@@ -183,6 +217,58 @@ impl Engine {
             .spawn(move || crate::quota::maintain_quota_usage(store, quotas))
             .map_err(|e| Error::io("starting the quota usage thread", e))?;
         Ok(())
+    }
+
+    /// Starts an anomaly detector over a view; a detector declared over HTTP is kept
+    /// across restarts.
+    pub async fn create_detector(&self, def: DetectorDefinition) -> Result<DetectorDefinition> {
+        self.start_detector(def.clone(), false).await?;
+        let saved = self.save_detectors().await;
+        if let Err(e) = saved {
+            let _ = self.drop_detector(&def.name).await;
+            return Err(e);
+        }
+        Ok(def)
+    }
+
+    async fn start_detector(&self, def: DetectorDefinition, from_config: bool) -> Result<()> {
+        let mut running = self.detectors.lock().await;
+        if running.contains_key(&def.name) {
+            return Err(Error::AlreadyExists(format!("a detector named {} exists", def.name)));
+        }
+        let source = self.store.get(&def.view).ok_or_else(|| Error::NotFound(format!("detector {}: no view named {}", def.name, def.view)))?;
+        let compiled = Compiled::new(def.clone(), &source.info.columns, source.info.retention_ms)?;
+        let target = self.store.get(ANOMALIES).expect("the anomalies view is built in");
+        let task = tokio::spawn(crate::detect::run(compiled, source, target, self.anomalies_lock.clone(), true));
+        running.insert(def.name.clone(), Running { def, from_config, task });
+        Ok(())
+    }
+
+    /// Stops a detector and removes its rows from `anomalies`.
+    pub async fn drop_detector(&self, name: &str) -> Result<()> {
+        let removed = self.detectors.lock().await.remove(name).ok_or_else(|| Error::NotFound(format!("no detector named {name}")))?;
+        removed.task.abort();
+        let _ = removed.task.await;
+        if let Some(target) = self.store.get(ANOMALIES) {
+            let _serial = self.anomalies_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (epoch, rows) = target.snapshot();
+            let gone: Vec<_> = rows.into_iter().filter(|r| matches!(r.first(), Some(crate::value::Value::Str(d)) if &**d == name)).map(|r| (r, -1)).collect();
+            target.publish_changes(epoch + 1, gone);
+        }
+        self.save_detectors().await
+    }
+
+    /// The detectors running, with whether each comes from the configuration.
+    pub async fn detectors(&self) -> Vec<(DetectorDefinition, bool)> {
+        self.detectors.lock().await.values().map(|r| (r.def.clone(), r.from_config)).collect()
+    }
+
+    async fn save_detectors(&self) -> Result<()> {
+        let defs: Vec<DetectorDefinition> = self.detectors.lock().await.values().filter(|r| !r.from_config).map(|r| r.def.clone()).collect();
+        let path = self.data_dir.join("detectors.json");
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&defs).expect("definitions serialize");
+        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// The quota plans in force.
@@ -236,6 +322,9 @@ impl Engine {
 
     /// Drops a view. A view from the configuration file comes back at the next start.
     pub async fn drop_view(&self, name: &str) -> Result<()> {
+        if let Some(d) = self.detectors.lock().await.values().find(|r| r.def.view == name) {
+            return Err(Error::AlreadyExists(format!("the detector {} watches the view {name}; delete the detector first", d.def.name)));
+        }
         let mut catalog = self.catalog.lock().await;
         if self.store.get(name).is_none() {
             return Err(Error::NotFound(format!("no view named {name}")));
@@ -311,5 +400,14 @@ impl Engine {
     /// Stops the dataflow worker. Everything acknowledged is already in the log.
     pub fn shutdown(&self) {
         let _ = self.send(Command::Shutdown);
+    }
+}
+
+fn load_detectors(data_dir: &std::path::Path) -> Result<Vec<DetectorDefinition>> {
+    let path = data_dir.join("detectors.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Config(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
     }
 }

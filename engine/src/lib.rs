@@ -18,6 +18,7 @@ pub mod anomaly;
 pub mod catalog;
 pub mod columnar;
 pub mod dataflow;
+pub mod detect;
 pub mod engine;
 pub mod error;
 pub mod expr;

@@ -8,11 +8,15 @@
 //!   GET    /v1/views/{view}              rows (JSON, or CSV with Accept: text/csv)
 //!   DELETE /v1/views/{view}              drop a view
 //!   GET    /v1/views/{view}/subscribe    Server-Sent Events: snapshot, then changes
+//!   GET    /v1/anomalies                 anomaly detectors
+//!   POST   /v1/anomalies                 declare one {"name", "view", "series", "value", …}
+//!   DELETE /v1/anomalies/{name}          delete one
 //!   GET    /v1/tenants/{tenant}/quota    a tenant's plan and usage
 //!   PUT    /v1/tenants/{tenant}/quota    set a tenant's plan {"events_per_minute": 1000, …}
 //!   GET    /livez, /readyz               health
 //! ```
 
+mod anomalies;
 mod error;
 mod ingest;
 mod tenants;
@@ -45,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views", get(views::list).post(views::create))
         .route("/v1/views/{view}", get(views::read).delete(views::drop))
         .route("/v1/views/{view}/subscribe", get(views::subscribe))
+        .route("/v1/anomalies", get(anomalies::list).post(anomalies::create))
+        .route("/v1/anomalies/{name}", axum::routing::delete(anomalies::drop))
         .route("/v1/tenants/{tenant}/quota", get(tenants::get_quota).put(tenants::put_quota))
         .route("/livez", get(|| async { Json(json!({"status": "live"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))

@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `weir` binary, driven over HTTP and SSE like a user would.
 
+mod anomalies;
+mod detect;
 mod quotas;
 mod weir;
 
