@@ -48,6 +48,9 @@ pub struct Config {
     /// `[[anomalies]]`: anomaly detectors started at every start.
     #[serde(default)]
     pub anomalies: Vec<DetectorDefinition>,
+    /// `[alerting]`: hysteresis and receivers.
+    #[serde(default)]
+    pub alerting: crate::alerting::AlertingConfig,
 }
 
 /// `[quotas]`: the default plan, per-tenant overrides, the warning ratio.

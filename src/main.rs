@@ -1,5 +1,6 @@
 //! `weir`: the command-line entry point. Parses flags, loads the configuration, runs.
 
+mod alerting;
 mod bench;
 mod config;
 mod demo;

@@ -32,7 +32,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(&config.http).await.with_context(|| format!("listening on {}", config.http))?;
     let address = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
-    let state = AppState { engine: engine.clone(), config: Arc::new(config), shutdown: stop_rx.clone() };
+    let alerting = crate::alerting::Alerting::start(engine.clone(), &config.alerting)?;
+    let state = AppState { engine: engine.clone(), alerting, config: Arc::new(config), shutdown: stop_rx.clone() };
     let mut stopping = stop_rx;
     let server = tokio::spawn(
         axum::serve(listener, router(state))

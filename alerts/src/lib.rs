@@ -9,6 +9,7 @@
 //! ```
 
 pub mod deliver;
+pub mod router;
 
 use std::collections::BTreeMap;
 

@@ -131,7 +131,7 @@ impl Compiled {
         let mut spec = DetectorSpec::new(method);
         spec.baseline = def.baseline;
         if let Some(t) = def.threshold {
-            if !(t > 0.0) {
+            if t.is_nan() || t <= 0.0 {
                 return Err(bad("the threshold must be positive".into()));
             }
             spec.threshold = t;

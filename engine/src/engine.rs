@@ -75,6 +75,9 @@ impl Engine {
         if !streams.iter().any(|s| s.name == REJECTED) {
             streams.push(Stream::rejected(crate::schema::TimePolicy::DEFAULT));
         }
+        if !streams.iter().any(|s| s.name == crate::schema::ALERTS) {
+            streams.push(Stream::alerts(crate::schema::TimePolicy { lateness_ms: 0, retention_ms: 30 * 86_400_000 }));
+        }
         if !streams.iter().any(|s| s.name == USAGE) {
             streams.push(crate::quota::usage_stream(crate::quota::USAGE_RETENTION_MS));
         }

@@ -321,6 +321,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
         for sub in &group {
             let s = &streams[sub.stream];
             let checked = check(s, sub.stream, &state, &sub.decoded);
+            let checked = Checked { usage: if s.metered { checked.usage } else { Vec::new() }, ..checked };
             let refusal = checked.usage.iter().find_map(|(tenant, events, bytes)| state.ledger.check(tenant, &settings.plan(tenant), now, *events, *bytes));
             if let Some(refusal) = refusal {
                 // the whole request is refused; its events count as refused for their tenants

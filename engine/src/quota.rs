@@ -357,6 +357,7 @@ pub fn usage_stream(retention_ms: i64) -> Stream {
     ];
     let mut s = Stream::new(USAGE, columns, "tenant", "ts", None, TimePolicy { lateness_ms: 0, retention_ms }).expect("the usage schema is valid");
     s.weighted = true;
+    s.metered = false;
     s
 }
 

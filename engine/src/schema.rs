@@ -17,6 +17,8 @@ use crate::value::Value;
 pub const EVENTS: &str = "events";
 /// The name of the stream that records rejected input lines.
 pub const REJECTED: &str = "rejected";
+/// The built-in stream of alert state changes.
+pub const ALERTS: &str = "alerts";
 
 /// A column type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +139,9 @@ pub struct Stream {
     /// Whether rows carry a weight (a multiplicity) besides their values: logged rows
     /// have it as one extra last value. The built-in `usage` stream is weighted.
     pub weighted: bool,
+    /// Whether events count towards tenant quotas; false for the streams Weir writes
+    /// itself (`rejected`, `usage`, `alerts`), which clients cannot post to.
+    pub metered: bool,
 }
 
 /// How late an event may be, and how long events are kept.
@@ -191,7 +196,7 @@ impl Stream {
         let mut columns = columns;
         columns[tenant].nullable = false;
         columns[time].nullable = false;
-        Ok(Stream { name: name.to_string(), columns, tenant, time, id, defaults, policy, weighted: false })
+        Ok(Stream { name: name.to_string(), columns, tenant, time, id, defaults, policy, weighted: false, metered: true })
     }
 
     /// The default stream `events`: `tenant`, `ts`, `kind`, `value` (default 0),
@@ -224,6 +229,28 @@ impl Stream {
         let mut s = Stream::new(REJECTED, columns, "tenant", "ts", None, policy).expect("the rejected schema is valid");
         // an unreadable line may have no tenant: the tenant column is nullable here only
         s.columns[0].nullable = true;
+        s.metered = false;
+        s
+    }
+
+    /// The stream `alerts`: every alert state change (firing, resolved). `tenant` is
+    /// null for alerts about no tenant; `ts` is when the change happened.
+    pub fn alerts(policy: TimePolicy) -> Stream {
+        let columns = vec![
+            Column::new("tenant", DataType::String, true),
+            Column::new("ts", DataType::Timestamp, false),
+            Column::new("fingerprint", DataType::String, false),
+            Column::new("alertname", DataType::String, false),
+            Column::new("status", DataType::String, false),
+            Column::new("severity", DataType::String, true),
+            Column::new("series", DataType::String, true),
+            Column::new("summary", DataType::String, true),
+            Column::new("starts_at", DataType::Timestamp, false),
+            Column::new("ends_at", DataType::Timestamp, true),
+        ];
+        let mut s = Stream::new(ALERTS, columns, "tenant", "ts", None, policy).expect("the alerts schema is valid");
+        s.columns[0].nullable = true;
+        s.metered = false;
         s
     }
 
@@ -235,6 +262,6 @@ impl Stream {
     /// Whether late events are checked against this stream's watermark; `rejected` is
     /// stamped with ingest time and never late.
     pub fn checks_lateness(&self) -> bool {
-        self.name != REJECTED && !self.weighted
+        self.metered
     }
 }

@@ -13,6 +13,9 @@ use super::AppState;
 
 pub async fn ingest(State(app): State<AppState>, Path(stream): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<Json_>, ApiError> {
     let (index, schema) = app.engine.stream(&stream).ok_or_else(|| ApiError::not_found(format!("no stream named {stream}")))?;
+    if !schema.metered {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "read_only_stream", format!("the built-in stream {stream} is written by Weir itself")));
+    }
     let limit = app.config.ingest.max_body_bytes;
     let too_large = || {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body exceeds the limit of {limit} bytes (ingest.max_body_bytes); send smaller batches"))

@@ -8,6 +8,8 @@
 //!   GET    /v1/views/{view}              rows (JSON, or CSV with Accept: text/csv)
 //!   DELETE /v1/views/{view}              drop a view
 //!   GET    /v1/views/{view}/subscribe    Server-Sent Events: snapshot, then changes
+//!   GET    /v1/alerts                    alerts firing and recent state changes
+//!   GET    /v1/alerts/stream             Server-Sent Events: alert state changes
 //!   GET    /v1/anomalies                 anomaly detectors
 //!   POST   /v1/anomalies                 declare one {"name", "view", "series", "value", …}
 //!   DELETE /v1/anomalies/{name}          delete one
@@ -16,6 +18,7 @@
 //!   GET    /livez, /readyz               health
 //! ```
 
+mod alerts;
 mod anomalies;
 mod error;
 mod ingest;
@@ -37,6 +40,7 @@ use crate::config::Config;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub alerting: Arc<crate::alerting::Alerting>,
     pub config: Arc<Config>,
     /// Becomes true when the server is shutting down, ending long-lived streams.
     pub shutdown: watch::Receiver<bool>,
@@ -49,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views", get(views::list).post(views::create))
         .route("/v1/views/{view}", get(views::read).delete(views::drop))
         .route("/v1/views/{view}/subscribe", get(views::subscribe))
+        .route("/v1/alerts", get(alerts::list))
+        .route("/v1/alerts/stream", get(alerts::stream))
         .route("/v1/anomalies", get(anomalies::list).post(anomalies::create))
         .route("/v1/anomalies/{name}", axum::routing::delete(anomalies::drop))
         .route("/v1/tenants/{tenant}/quota", get(tenants::get_quota).put(tenants::put_quota))
