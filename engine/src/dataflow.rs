@@ -9,6 +9,8 @@
 //!                                                 └──────────────┬────────────────────────┘
 //!                                       completed epochs' changes ▼
 //!                                                           ViewStore (readers, subscribers)
+//!                                                               │ the same changes
+//!                                   anomaly detectors (per view) ▼ ──▶ `anomalies`
 //! ```
 //!
 //! Timely time is the ingest epoch. Batches are fed as they arrive and the worker keeps
@@ -33,6 +35,7 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::Scope;
 use tokio::sync::oneshot;
 
+use crate::detect::Detector;
 use crate::error::{Error, Result};
 use crate::expr::{eval_all, Scalar};
 use crate::plan::{AggFunc, Aggregate, Node, ViewPlan};
@@ -93,6 +96,20 @@ pub enum Command {
         /// Its time policy (already clamped to its stream's).
         time: ViewTime,
         /// Where to say it is running.
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Attach an anomaly detector to a view's output.
+    CreateDetector {
+        /// The detector.
+        detector: Box<crate::detect::Compiled>,
+        /// Where to say it is running.
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Detach a detector and retract its rows from `anomalies`.
+    DropDetector {
+        /// The detector's name.
+        name: String,
+        /// Where to say it is gone.
         reply: oneshot::Sender<Result<()>>,
     },
     /// Tear a view's dataflow down.
@@ -159,6 +176,8 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
             .map(|s| RetainedStream { events: BTreeMap::new(), watermark: i64::MIN, retention_ms: s.policy.retention_ms, weighted: s.weighted })
             .collect();
         let mut views: Vec<ViewRuntime> = Vec::new();
+        let mut detectors: Vec<Detector> = Vec::new();
+        let mut clock_closed_at = 0i64;
         // the epoch every input has been advanced to: all epochs below it are closed
         let mut frontier: Epoch = start_epoch + 1;
         let mut last_epoch: Epoch = start_epoch;
@@ -194,6 +213,33 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
                         let result = create_view(worker, &streams, &retained, &mut views, plan, time, frontier);
                         let _ = reply.send(result);
                     }
+                    Command::CreateDetector { detector, reply } => {
+                        let result = if detectors.iter().any(|d| d.name() == detector.def.name) {
+                            Err(Error::AlreadyExists(format!("a detector named {} exists", detector.def.name)))
+                        } else {
+                            let mut d = Detector::new(*detector);
+                            // seed it with the view as published so far; later changes follow
+                            if let Some(view) = store.get(d.view()) {
+                                let rows: Vec<(Row, isize)> = view.snapshot().1.into_iter().map(|r| (r, 1)).collect();
+                                d.apply(&rows, crate::time::now_ms());
+                                publish_anomalies(&store, last_epoch, d.close(None));
+                            }
+                            detectors.push(d);
+                            Ok(())
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Command::DropDetector { name, reply } => {
+                        let result = match detectors.iter().position(|d| d.name() == name) {
+                            Some(i) => {
+                                let d = detectors.swap_remove(i);
+                                publish_anomalies(&store, last_epoch, d.rows().into_iter().map(|r| (r, -1)).collect());
+                                Ok(())
+                            }
+                            None => Err(Error::NotFound(format!("no detector named {name}"))),
+                        };
+                        let _ = reply.send(result);
+                    }
                     Command::DropView { name, reply } => {
                         let result = match views.iter().position(|v| v.name == name) {
                             Some(i) => {
@@ -220,7 +266,14 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
                 input.session.flush();
             }
             worker.step();
-            publish(&mut views, &store, last_epoch);
+            publish(&mut views, &mut detectors, &store, last_epoch);
+            // a view whose every series went quiet still closes windows, by the clock
+            let now = crate::time::now_ms();
+            if !detectors.is_empty() && now - clock_closed_at >= 1000 {
+                clock_closed_at = now;
+                let changes = detectors.iter_mut().flat_map(|d| d.close(Some(now))).collect();
+                publish_anomalies(&store, last_epoch, changes);
+            }
         }
     });
 }
@@ -330,7 +383,8 @@ fn create_view(
 }
 
 /// Hands every view's changes of completed epochs to the store.
-fn publish(views: &mut [ViewRuntime], store: &ViewStore, last_epoch: Epoch) {
+fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewStore, last_epoch: Epoch) {
+    let mut anomalies = Vec::new();
     for v in views.iter_mut() {
         // every epoch below the probe's frontier is complete
         let complete_below = v.probe.with_frontier(|f| f.first().copied()).unwrap_or(Epoch::MAX);
@@ -349,6 +403,11 @@ fn publish(views: &mut [ViewRuntime], store: &ViewStore, last_epoch: Epoch) {
         });
         for (epoch, mut changes) in ready {
             differential_dataflow::consolidation::consolidate(&mut changes);
+            let now = crate::time::now_ms();
+            for d in detectors.iter_mut().filter(|d| d.view() == v.name) {
+                d.apply(&changes, now);
+                anomalies.extend(d.close(None));
+            }
             store.publish(&v.name, epoch, changes);
         }
         if through > v.published {
@@ -356,6 +415,16 @@ fn publish(views: &mut [ViewRuntime], store: &ViewStore, last_epoch: Epoch) {
             v.published = through;
         }
     }
+    // the detectors' output is complete through the epoch every view has reached
+    let through = views.iter().map(|v| v.published).min().unwrap_or(last_epoch);
+    publish_anomalies(store, through, anomalies);
+}
+
+/// Publishes detector output to `anomalies`, as of `epoch` (or its current epoch, if later).
+fn publish_anomalies(store: &ViewStore, epoch: Epoch, mut changes: Vec<(Row, isize)>) {
+    let Some(view) = store.get(crate::detect::ANOMALIES) else { return };
+    differential_dataflow::consolidation::consolidate(&mut changes);
+    view.publish_changes(epoch.max(view.epoch()), changes);
 }
 
 type Rows<'s> = VecCollection<'s, Epoch, Row, isize>;

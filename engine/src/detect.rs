@@ -1,6 +1,8 @@
-//! Anomaly detectors over views: each follows a view's change stream, keeps the value of
-//! every (series, window), and scores each window once it closes with the series'
-//! incremental [`SeriesDetector`]; the scores form the `anomalies` view.
+//! Anomaly detectors over views: each runs in the dataflow worker, downstream of its
+//! view, takes the view's changes epoch by epoch as they are published, keeps the value
+//! of every (series, window), and scores each window once it closes with the series'
+//! incremental [`SeriesDetector`]; the scores form the `anomalies` view, published with
+//! the epoch of the changes that produced them.
 //!
 //! ```text
 //!   view changes (epoch by epoch) ─▶ values[series][window] ─▶ window closed? ─▶ SeriesDetector::observe
@@ -16,15 +18,12 @@
 //! scored once; late changes to a scored window update nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::anomaly::{DetectorSpec, Method, SeriesDetector};
 use crate::error::{Error, Result};
 use crate::schema::{Column, DataType};
-use crate::store::{LiveView, Start};
 use crate::time::parse_duration_ms;
 use crate::value::{Row, Value};
 
@@ -253,6 +252,16 @@ impl Detector {
         out
     }
 
+    /// The detector's name.
+    pub fn name(&self) -> &str {
+        &self.c.def.name
+    }
+
+    /// The view it watches.
+    pub fn view(&self) -> &str {
+        &self.c.def.view
+    }
+
     /// Every row this detector has in `anomalies`, to retract when it is dropped.
     pub fn rows(&self) -> Vec<Row> {
         self.emitted.values().flatten().cloned().collect()
@@ -278,58 +287,6 @@ fn label(c: &Compiled, key: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Runs a detector until its task is aborted or its view is dropped: follows `source`,
-/// writes to `target`. `live` closes windows by the wall clock too.
-pub async fn run(c: Compiled, source: Arc<LiveView>, target: Arc<LiveView>, publish: Arc<Mutex<()>>, live: bool) {
-    let mut detector = Detector::new(c);
-    let mut sub = source.subscribe(None);
-    let mut last_epoch;
-    let emit = |changes: Vec<(Row, isize)>, epoch: u64| {
-        let _serial = publish.lock().unwrap_or_else(|e| e.into_inner());
-        target.publish_changes(epoch.max(target.epoch()), changes);
-    };
-    match std::mem::replace(&mut sub.start, Start::Resume(Vec::new())) {
-        Start::Snapshot { epoch, rows } | Start::Reset { epoch, rows, .. } => {
-            last_epoch = epoch;
-            let changes: Vec<(Row, isize)> = rows.into_iter().map(|r| (r, 1)).collect();
-            detector.apply(&changes, crate::time::now_ms());
-        }
-        Start::Resume(_) => unreachable!("a subscription without an epoch starts from a snapshot"),
-    }
-    emit(detector.close(live.then(crate::time::now_ms)), last_epoch);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            change = sub.changes.recv() => match change {
-                Ok(c) => {
-                    last_epoch = c.epoch;
-                    detector.apply(&c.changes, crate::time::now_ms());
-                    emit(detector.close(live.then(crate::time::now_ms)), last_epoch);
-                }
-                Err(RecvError::Lagged(_)) => {
-                    // fell behind: take the changes since the last epoch seen
-                    sub = source.subscribe(Some(last_epoch));
-                    match std::mem::replace(&mut sub.start, Start::Resume(Vec::new())) {
-                        Start::Resume(changes) => {
-                            for c in changes {
-                                last_epoch = c.epoch;
-                                detector.apply(&c.changes, crate::time::now_ms());
-                            }
-                        }
-                        Start::Snapshot { epoch, .. } | Start::Reset { epoch, .. } => {
-                            tracing::warn!(detector = %detector.c.def.name, "fell too far behind its view; windows in between score from what was seen");
-                            last_epoch = epoch;
-                        }
-                    }
-                    emit(detector.close(live.then(crate::time::now_ms)), last_epoch);
-                }
-                Err(RecvError::Closed) => return,
-            },
-            _ = tick.tick(), if live => emit(detector.close(Some(crate::time::now_ms())), last_epoch),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -51,8 +51,6 @@ pub struct Engine {
     catalog: Mutex<Catalog>,
     quotas: Arc<Quotas>,
     detectors: Mutex<BTreeMap<String, Running>>,
-    /// Serializes writes to the `anomalies` view.
-    anomalies_lock: Arc<std::sync::Mutex<()>>,
     data_dir: PathBuf,
     recovered_events: usize,
 }
@@ -61,7 +59,6 @@ pub struct Engine {
 struct Running {
     def: DetectorDefinition,
     from_config: bool,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Engine {
@@ -157,7 +154,6 @@ impl Engine {
             catalog: Mutex::new(catalog),
             quotas,
             detectors: Mutex::new(BTreeMap::new()),
-            anomalies_lock: Arc::new(std::sync::Mutex::new(())),
             data_dir: data_dir.clone(),
             recovered_events,
         };
@@ -241,23 +237,24 @@ impl Engine {
         }
         let source = self.store.get(&def.view).ok_or_else(|| Error::NotFound(format!("detector {}: no view named {}", def.name, def.view)))?;
         let compiled = Compiled::new(def.clone(), &source.info.columns, source.info.retention_ms)?;
-        let target = self.store.get(ANOMALIES).expect("the anomalies view is built in");
-        let task = tokio::spawn(crate::detect::run(compiled, source, target, self.anomalies_lock.clone(), true));
-        running.insert(def.name.clone(), Running { def, from_config, task });
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::CreateDetector { detector: Box::new(compiled), reply })?;
+        rx.await.map_err(|_| Error::ShuttingDown)??;
+        running.insert(def.name.clone(), Running { def, from_config });
         Ok(())
     }
 
     /// Stops a detector and removes its rows from `anomalies`.
     pub async fn drop_detector(&self, name: &str) -> Result<()> {
-        let removed = self.detectors.lock().await.remove(name).ok_or_else(|| Error::NotFound(format!("no detector named {name}")))?;
-        removed.task.abort();
-        let _ = removed.task.await;
-        if let Some(target) = self.store.get(ANOMALIES) {
-            let _serial = self.anomalies_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let (epoch, rows) = target.snapshot();
-            let gone: Vec<_> = rows.into_iter().filter(|r| matches!(r.first(), Some(crate::value::Value::Str(d)) if &**d == name)).map(|r| (r, -1)).collect();
-            target.publish_changes(epoch + 1, gone);
+        let mut running = self.detectors.lock().await;
+        if !running.contains_key(name) {
+            return Err(Error::NotFound(format!("no detector named {name}")));
         }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::DropDetector { name: name.to_string(), reply })?;
+        rx.await.map_err(|_| Error::ShuttingDown)??;
+        running.remove(name);
+        drop(running);
         self.save_detectors().await
     }
 
