@@ -2,8 +2,10 @@
 //! newcomer sees views change within seconds.
 //!
 //! Five tenants of different sizes send page views, clicks, signups, purchases and
-//! errors with region and plan labels. Events go through the same ingest gate and
-//! write-ahead log as HTTP ingest.
+//! errors with region and plan labels. Every few minutes one tenant has an error burst
+//! for a minute, which the demo's anomaly detector flags and the alert router raises;
+//! the smallest tenant has a soft quota it keeps exceeding. Events go through the same
+//! ingest gate and write-ahead log as HTTP ingest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,12 @@ const VIEWS: &[&str] = &[
      SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, count(*) AS errors, count(DISTINCT labels['service']) AS services \
      FROM events WHERE kind = 'error' GROUP BY date_bin(INTERVAL '1 minute', ts), tenant HAVING count(*) > 0",
 ];
+
+/// The demo's detector: error counts per tenant and minute.
+const DETECTOR: &str = r#"{"name": "error_bursts", "view": "errors_per_minute", "series": ["tenant"], "value": "errors", "baseline": 20}"#;
+/// How often an error burst starts, and how long it lasts.
+const BURST_EVERY_MS: i64 = 4 * 60_000;
+const BURST_FOR_MS: i64 = 60_000;
 
 /// (tenant, share of the traffic)
 const TENANTS: &[(&str, f64)] = &[("acme", 0.35), ("globex", 0.25), ("initech", 0.2), ("umbrella", 0.15), ("hooli", 0.05)];
@@ -63,6 +71,15 @@ pub async fn start(engine: Arc<Engine>, rate: u32, mut stop: watch::Receiver<boo
             Err(e) => return Err(e.into()),
         }
     }
+    let detector = serde_json::from_str(DETECTOR).expect("the demo detector parses");
+    match engine.create_detector(detector).await {
+        Ok(_) | Err(Error::AlreadyExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // a soft limit: counted, shown in quota_usage, alerted on, never refused
+    let per_minute = ((rate as f64 * 60.0 * 0.05) * 0.8) as u64;
+    let plan = weir_engine::quota::Plan { events_per_minute: Some(per_minute.max(1)), mode: Some(weir_engine::quota::Mode::Soft), ..Default::default() };
+    engine.quotas().set("hooli", plan)?;
     let (stream, _) = engine.stream(EVENTS).expect("the events stream exists");
     tokio::spawn(async move {
         let tick = Duration::from_millis(100);
@@ -80,18 +97,25 @@ pub async fn start(engine: Arc<Engine>, rate: u32, mut stop: watch::Receiver<boo
             let decoded = {
                 let mut rng = rand::rng();
                 let now = weir_engine::time::now_ms();
-                let rows = (0..n)
+                // during a burst, one tenant (in turn) sends many errors
+                let burst = (now.rem_euclid(BURST_EVERY_MS) < BURST_FOR_MS).then(|| TENANTS[(now / BURST_EVERY_MS) as usize % 4].0);
+                let extra = if burst.is_some() { n / 4 + 1 } else { 0 };
+                let rows = (0..n + extra)
                     .map(|i| {
-                        let (tenant, _) = pick(&mut rng, TENANTS, |t| t.1);
-                        let (kind, _, (lo, hi)) = pick(&mut rng, KINDS, |k| k.1);
+                        let &(mut tenant, _) = pick(&mut rng, TENANTS, |t| t.1);
+                        let &(mut kind, _, (lo, hi)) = pick(&mut rng, KINDS, |k| k.1);
+                        if i >= n {
+                            tenant = burst.expect("extra events only in a burst");
+                            kind = "error";
+                        }
                         // a little jitter in event time, as real clients have
                         let ts = now - rng.random_range(0..2_000);
-                        let value = if hi > lo { rng.random_range(*lo..*hi) } else { 1.0 };
+                        let value = if hi > lo { rng.random_range(lo..hi) } else { 1.0 };
                         let mut labels = vec![
                             (Arc::from("region"), Arc::from(REGIONS[rng.random_range(0..REGIONS.len())])),
                             (Arc::from("plan"), Arc::from(PLANS[rng.random_range(0..PLANS.len())])),
                         ];
-                        if *kind == "error" {
+                        if kind == "error" {
                             labels.push((Arc::from("service"), Arc::from(SERVICES[rng.random_range(0..SERVICES.len())])));
                         }
                         let row = vec![Value::str(tenant), Value::Timestamp(ts), Value::str(kind), Value::Float((value * 100.0).round() / 100.0), Value::map(labels), Value::Null];
