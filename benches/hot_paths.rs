@@ -39,7 +39,7 @@ fn ndjson(c: &mut Criterion) {
 }
 
 fn row_encoding(c: &mut Criterion) {
-    let record = Record { epoch: 1, stream: "events".into(), max_ts: 0, rows: rows(1000) };
+    let record = Record { epoch: 1, stream: "events".into(), max_ts: 0, rows: rows(1000), sizes: vec![] };
     let mut g = c.benchmark_group("row_encoding");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("bincode_1000_rows", |b| b.iter(|| bincode::serialize(black_box(&record)).unwrap()));
@@ -58,7 +58,7 @@ fn windows(c: &mut Criterion) {
 fn log_append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut wal = Wal::open(dir.path(), weir_engine::wal::SEGMENT_BYTES, |_| {}).unwrap();
-    let record = Record { epoch: 1, stream: "events".into(), max_ts: 0, rows: rows(1000) };
+    let record = Record { epoch: 1, stream: "events".into(), max_ts: 0, rows: rows(1000), sizes: vec![] };
     let mut g = c.benchmark_group("log_append");
     g.throughput(Throughput::Elements(1000));
     g.sample_size(20);

@@ -124,6 +124,7 @@ async fn score(samples: &[Sample], times: &[i64], window_ms: i64, args: &DetectA
     engine.shutdown();
     Ok(scored
         .into_iter()
+        .filter(|(_, diff)| *diff > 0)
         .filter_map(|(row, _)| match (&row[3], &row[7]) {
             (Value::Timestamp(w), Value::Float(score)) => Some((*w, *score)),
             _ => None,

@@ -126,8 +126,9 @@ pub enum Command {
 struct RetainedStream {
     /// Retained events by event time: (row, late_by, weight).
     events: BTreeMap<i64, Vec<(Row, i64, isize)>>,
-    /// Whether equal rows at the same time are merged into one with their weights summed.
-    weighted: bool,
+    /// For weighted streams, where each (time, row) is in `events`: equal rows at the
+    /// same time are merged into one with their weights summed.
+    merged: Option<std::collections::HashMap<(i64, Row), usize>>,
     watermark: i64,
     retention_ms: i64,
 }
@@ -173,7 +174,7 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
         let commands = commands.lock().unwrap_or_else(|e| e.into_inner());
         let mut retained: Vec<RetainedStream> = streams
             .iter()
-            .map(|s| RetainedStream { events: BTreeMap::new(), watermark: i64::MIN, retention_ms: s.policy.retention_ms, weighted: s.weighted })
+            .map(|s| RetainedStream { events: BTreeMap::new(), watermark: i64::MIN, retention_ms: s.policy.retention_ms, merged: s.weighted.then(Default::default) })
             .collect();
         let mut views: Vec<ViewRuntime> = Vec::new();
         let mut detectors: Vec<Detector> = Vec::new();
@@ -222,7 +223,7 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
                             if let Some(view) = store.get(d.view()) {
                                 let rows: Vec<(Row, isize)> = view.snapshot().1.into_iter().map(|r| (r, 1)).collect();
                                 d.apply(&rows, crate::time::now_ms());
-                                publish_anomalies(&store, last_epoch, d.close(None));
+                                publish_anomalies(&store, complete_through(&views, last_epoch), d.close(None));
                             }
                             detectors.push(d);
                             Ok(())
@@ -233,7 +234,7 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
                         let result = match detectors.iter().position(|d| d.name() == name) {
                             Some(i) => {
                                 let d = detectors.swap_remove(i);
-                                publish_anomalies(&store, last_epoch, d.rows().into_iter().map(|r| (r, -1)).collect());
+                                publish_anomalies(&store, complete_through(&views, last_epoch), d.rows().into_iter().map(|r| (r, -1)).collect());
                                 Ok(())
                             }
                             None => Err(Error::NotFound(format!("no detector named {name}"))),
@@ -272,7 +273,7 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
             if !detectors.is_empty() && now - clock_closed_at >= 1000 {
                 clock_closed_at = now;
                 let changes = detectors.iter_mut().flat_map(|d| d.close(Some(now))).collect();
-                publish_anomalies(&store, last_epoch, changes);
+                publish_anomalies(&store, complete_through(&views, last_epoch), changes);
             }
         }
     });
@@ -296,9 +297,15 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
     }
     for e in batch.events {
         let at = stream.events.entry(e.ts).or_default();
-        let same = if stream.weighted { at.iter_mut().find(|(row, late_by, _)| *late_by == e.late_by && *row == e.row) } else { None };
-        match same {
-            Some(same) => same.2 += e.weight,
+        match &mut stream.merged {
+            Some(index) => match index.entry((e.ts, e.row)) {
+                std::collections::hash_map::Entry::Occupied(i) => at[*i.get()].2 += e.weight,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let row = v.key().1.clone();
+                    v.insert(at.len());
+                    at.push((row, e.late_by, e.weight));
+                }
+            },
             None => at.push((e.row, e.late_by, e.weight)),
         }
     }
@@ -322,8 +329,13 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
         }
     }
     let cutoff = watermark.saturating_sub(stream.retention_ms);
-    let kept = stream.events.split_off(&cutoff);
-    stream.events = kept;
+    if stream.events.first_key_value().is_some_and(|(ts, _)| *ts < cutoff) {
+        let kept = stream.events.split_off(&cutoff);
+        stream.events = kept;
+        if let Some(index) = &mut stream.merged {
+            index.retain(|(ts, _), _| *ts >= cutoff);
+        }
+    }
 }
 
 fn create_view(
@@ -415,9 +427,12 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewSt
             v.published = through;
         }
     }
-    // the detectors' output is complete through the epoch every view has reached
-    let through = views.iter().map(|v| v.published).min().unwrap_or(last_epoch);
-    publish_anomalies(store, through, anomalies);
+    publish_anomalies(store, complete_through(views, last_epoch), anomalies);
+}
+
+/// The epoch every view has published: detector output is complete through it.
+fn complete_through(views: &[ViewRuntime], last_epoch: Epoch) -> Epoch {
+    views.iter().map(|v| v.published).min().unwrap_or(last_epoch)
 }
 
 /// Publishes detector output to `anomalies`, as of `epoch` (or its current epoch, if later).

@@ -146,8 +146,11 @@ struct Series {
     next: i64,
     /// The view's value per window not yet scored.
     values: BTreeMap<i64, f64>,
-    label: String,
+    /// The series' label, e.g. `tenant=acme,kind=click`, shared by all its rows.
+    label: Value,
     tenant: Value,
+    /// Its latest scored window's row, if it was not flagged: replaced by the next one.
+    latest: Option<Row>,
 }
 
 /// One detector's state: what it has seen of its view and scored.
@@ -157,17 +160,24 @@ pub struct Detector {
     windows: BTreeSet<i64>,
     window_ms: Option<i64>,
     max_window: i64,
-    /// Rows written to `anomalies`, by window, for retention.
+    /// Flagged rows written to `anomalies`, by window, for retention.
     emitted: BTreeMap<i64, Vec<Row>>,
+    /// The detector's name, shared by all its rows.
+    name: Value,
     /// Wall-clock time of the last change seen.
     last_change: i64,
+    /// Every window starting before this has been scored in every series.
+    closed_until: i64,
+    /// A series appeared since the last close.
+    new_series: bool,
 }
 
 impl Detector {
     /// A detector that has seen nothing yet.
     pub fn new(c: Compiled) -> Detector {
         let window_ms = c.window_ms;
-        Detector { c, series: HashMap::new(), windows: BTreeSet::new(), window_ms, max_window: i64::MIN, emitted: BTreeMap::new(), last_change: i64::MIN }
+        let name = Value::str(&c.def.name);
+        Detector { c, name, series: HashMap::new(), windows: BTreeSet::new(), window_ms, max_window: i64::MIN, emitted: BTreeMap::new(), last_change: i64::MIN, closed_until: i64::MIN, new_series: false }
     }
 
     /// Applies changes of the view's rows (`+n` added, `-n` removed), seen at wall-clock `now`.
@@ -177,12 +187,17 @@ impl Detector {
             let (Some(Value::Timestamp(window)), Some(value)) = (row.get(self.c.time), row.get(self.c.value).and_then(Value::as_f64)) else { continue };
             let key: Vec<Value> = self.c.series.iter().map(|i| row[*i].clone()).collect();
             let spec = &self.c.spec;
-            let series = self.series.entry(key.clone()).or_insert_with(|| Series {
+            let new_series = &mut self.new_series;
+            let series = self.series.entry(key.clone()).or_insert_with(|| {
+                *new_series = true;
+                Series {
                 detector: SeriesDetector::new(spec),
                 next: *window,
                 values: BTreeMap::new(),
-                label: label(&self.c, &key),
+                label: Value::str(&label(&self.c, &key)),
+                latest: None,
                 tenant: self.c.tenant.map(|i| row[i].clone()).unwrap_or(Value::Null),
+                }
             });
             if *window < series.next {
                 continue; // already scored
@@ -218,16 +233,24 @@ impl Detector {
             until = until.max(now - 2 * w + 1);
         }
         let mut out = Vec::new();
+        // a series that appeared since the last close may start before `closed_until`
+        if until <= self.closed_until && !std::mem::take(&mut self.new_series) {
+            return out;
+        }
+        self.new_series = false;
+        self.closed_until = self.closed_until.max(until);
         for series in self.series.values_mut() {
-            // align the series to the window grid of its first window
+            if series.next >= until {
+                continue;
+            }
             while series.next < until {
                 let window = series.next;
                 let value = series.values.remove(&window).unwrap_or(0.0);
                 let s = series.detector.observe(value);
                 let row = vec![
-                    Value::str(&self.c.def.name),
+                    self.name.clone(),
                     series.tenant.clone(),
-                    Value::str(&series.label),
+                    series.label.clone(),
                     Value::Timestamp(window),
                     Value::Float(value),
                     Value::Float(finite(s.baseline)),
@@ -235,12 +258,25 @@ impl Detector {
                     Value::Float(finite(s.score)),
                     Value::Bool(s.flag),
                 ];
-                self.emitted.entry(window).or_default().push(row.clone());
+                // the view keeps each series' latest window and its flagged windows
+                if let Some(previous) = series.latest.take() {
+                    out.push((previous, -1));
+                }
+                if s.flag {
+                    self.emitted.entry(window).or_default().push(row.clone());
+                } else {
+                    series.latest = Some(row.clone());
+                }
                 out.push((row, 1));
                 series.next += w;
             }
             // values of windows skipped past (off the grid) are dropped
-            series.values = series.values.split_off(&series.next);
+            while let Some(entry) = series.values.first_entry() {
+                if *entry.key() >= series.next {
+                    break;
+                }
+                entry.remove();
+            }
         }
         let cutoff = self.max_window.max(until - w).saturating_sub(self.c.keep_ms);
         while let Some(entry) = self.emitted.first_entry() {
@@ -264,7 +300,7 @@ impl Detector {
 
     /// Every row this detector has in `anomalies`, to retract when it is dropped.
     pub fn rows(&self) -> Vec<Row> {
-        self.emitted.values().flatten().cloned().collect()
+        self.emitted.values().flatten().chain(self.series.values().filter_map(|s| s.latest.as_ref())).cloned().collect()
     }
 }
 
@@ -321,6 +357,7 @@ mod tests {
     fn windows_close_as_event_time_moves_on_and_silence_scores_zero() {
         let mut d = Detector::new(compiled(None));
         let mut flagged = Vec::new();
+        let mut scored = 0;
         for minute in 0..60 {
             let mut changes = vec![(row(minute, "busy", 100 + (minute % 3)), 1)];
             // "quiet" stops sending at minute 40: its windows close on "busy"'s progress
@@ -329,14 +366,21 @@ mod tests {
             }
             d.apply(&changes, minute * 60_000);
             for (r, diff) in d.close(None) {
-                assert_eq!(diff, 1);
+                if diff < 0 {
+                    // an unflagged latest window, replaced by the next
+                    assert_eq!(r[8], Value::Bool(false));
+                    continue;
+                }
+                scored += 1;
                 if r[8] == Value::Bool(true) {
                     flagged.push((r[2].clone(), r[3].clone()));
                 }
             }
         }
-        // minute 59 is still open; every earlier window of both series is scored once
-        assert_eq!(d.rows().len(), 59 * 2);
+        // minute 59 is still open; every earlier window of both series is scored once, and
+        // the view keeps each series' latest window and its flagged ones
+        assert_eq!(scored, 59 * 2);
+        assert_eq!(d.rows().len(), flagged.len() + 2 - usize::from(flagged.iter().any(|(_, w)| *w == Value::Timestamp(58 * 60_000))));
         assert!(flagged.iter().all(|(s, _)| *s == Value::str("tenant=quiet")), "{flagged:?}");
         let first = flagged.first().expect("silence is flagged");
         assert!(matches!(first.1, Value::Timestamp(t) if (40 * 60_000..=45 * 60_000).contains(&t)), "{first:?}");
@@ -348,12 +392,13 @@ mod tests {
         for minute in 0..30 {
             d.apply(&[(row(minute, "a", 10), 1)], minute * 60_000);
         }
-        assert_eq!(d.close(None).len(), 29);
+        let added = |rows: &[(Row, isize)]| rows.iter().filter(|(_, d)| *d > 0).count();
+        assert_eq!(added(&d.close(None)), 29);
         // within a window of the last change, the clock closes nothing more
-        assert_eq!(d.close(Some(29 * 60_000 + 59_000)).len(), 0);
+        assert_eq!(added(&d.close(Some(29 * 60_000 + 59_000))), 0);
         // at minute 40 with nothing new, minutes 29..=38 are a whole window past their end
         let rows = d.close(Some(40 * 60_000));
-        assert_eq!(rows.len(), 10, "{rows:?}");
+        assert_eq!(added(&rows), 10, "{rows:?}");
         assert!(rows.iter().any(|(r, _)| r[8] == Value::Bool(true)), "the silence is flagged");
     }
 

@@ -101,6 +101,9 @@ impl Engine {
                         unknown += record.rows.len();
                         return;
                     };
+                    if replay_streams[i].metered {
+                        state.count_logged_usage(&replay_streams[i], &record);
+                    }
                     for row in &record.rows {
                         if replay_streams[i].weighted {
                             state.admit_usage(i, row);

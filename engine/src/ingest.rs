@@ -79,6 +79,9 @@ pub struct GateState {
     pub ids: Vec<HashMap<(Arc<str>, Arc<str>), i64>>,
     /// Usage per tenant, for quotas and the `usage` stream.
     pub ledger: Ledger,
+    /// Usage not yet handed to the dataflow, by (tenant, minute, metric).
+    pending_usage: HashMap<(Arc<str>, i64, Metric), i64>,
+    last_usage_flush: i64,
     inserts_since_prune: usize,
 }
 
@@ -90,6 +93,8 @@ impl GateState {
             watermarks: vec![i64::MIN; streams.len()],
             ids: vec![HashMap::new(); streams.len()],
             ledger: Ledger::default(),
+            pending_usage: HashMap::new(),
+            last_usage_flush: i64::MIN,
             inserts_since_prune: 0,
         }
     }
@@ -110,6 +115,53 @@ impl GateState {
             self.inserts_since_prune += 1;
         }
         Event { row: row.clone(), ts, late_by, weight: 1 }
+    }
+
+    /// Counts usage of a tenant at `now`: in the ledger (for quotas, at once) and for the
+    /// `usage` stream (handed to the dataflow at most every [`USAGE_FLUSH_MS`]).
+    fn count_usage(&mut self, tenant: &Arc<str>, now: i64, metric: Metric, n: i64) {
+        if n == 0 {
+            return;
+        }
+        self.ledger.add(tenant, now, metric, n);
+        *self.pending_usage.entry((tenant.clone(), crate::quota::Period::Minute.start(now), metric)).or_default() += n;
+    }
+
+    /// Recounts the usage of a logged record of a metered stream (replay).
+    pub fn count_logged_usage(&mut self, stream: &Stream, record: &Record) {
+        let mut per_tenant: HashMap<&Arc<str>, (i64, i64)> = HashMap::new();
+        for (i, row) in record.rows.iter().enumerate() {
+            if let Some(Value::Str(tenant)) = row.get(stream.tenant) {
+                let u = per_tenant.entry(tenant).or_default();
+                u.0 += 1;
+                u.1 += record.sizes.get(i).copied().unwrap_or(0) as i64;
+            }
+        }
+        for (tenant, (events, bytes)) in per_tenant {
+            self.ledger.add(tenant, record.epoch as i64, Metric::Events, events);
+            if bytes > 0 {
+                self.ledger.add(tenant, record.epoch as i64, Metric::Bytes, bytes);
+            }
+        }
+    }
+
+    /// The pending usage as a batch for the dataflow, if any is pending and `force` or
+    /// the last one is [`USAGE_FLUSH_MS`] old.
+    fn usage_batch(&mut self, stream: Option<usize>, epoch: Epoch, force: bool) -> Option<Batch> {
+        let u = stream?;
+        let now = epoch as i64;
+        if self.pending_usage.is_empty() || (!force && now.saturating_sub(self.last_usage_flush) < USAGE_FLUSH_MS) {
+            return None;
+        }
+        self.last_usage_flush = now;
+        let events: Vec<Event> = self
+            .pending_usage
+            .drain()
+            .map(|((tenant, minute, metric), n)| Event { row: usage_row(&tenant, minute, metric), ts: minute, late_by: 0, weight: n as isize })
+            .collect();
+        let max = events.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
+        self.watermarks[u] = self.watermarks[u].max(max);
+        Some(Batch { epoch, stream: u, events, watermark: self.watermarks[u] })
     }
 
     /// Admits a logged row of the weighted `usage` stream (its weight is the last
@@ -214,19 +266,24 @@ pub fn start_gate(
     (GateHandle { tx }, thread)
 }
 
-/// A submission's rows that passed the lateness and duplicate checks, and what it would
-/// add to each tenant's usage.
+/// How often, at most, counted usage is handed to the dataflow's `usage` stream (the
+/// gate's own counts, which enforce quotas, are always current).
+pub const USAGE_FLUSH_MS: i64 = 500;
+
+/// A submission's rows that passed the lateness and duplicate checks, with their sizes,
+/// and what it would add to each tenant's usage.
 struct Checked<'a> {
-    fresh: Vec<&'a Row>,
+    fresh: Vec<(&'a Row, u32)>,
     duplicates: usize,
     refused: Vec<Rejection>,
-    /// Per tenant: (events, bytes), in first-seen order.
+    /// Per tenant: (events, bytes).
     usage: Vec<(Arc<str>, u64, u64)>,
 }
 
 fn check<'a>(s: &Stream, stream: usize, state: &GateState, decoded: &'a Decoded) -> Checked<'a> {
     let mut out = Checked { fresh: Vec::with_capacity(decoded.rows.len()), duplicates: 0, refused: decoded.rejected.clone(), usage: Vec::new() };
     let mut seen = std::collections::HashSet::new();
+    let mut usage: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
     // rows are checked in order, each against the watermark the rows before it moved
     let mut watermark = state.watermarks[stream];
     for (i, (line, row)) in decoded.rows.iter().enumerate() {
@@ -266,26 +323,38 @@ fn check<'a>(s: &Stream, stream: usize, state: &GateState, decoded: &'a Decoded)
             out.duplicates += 1;
             continue;
         }
-        if let Value::Str(tenant) = &row[s.tenant] {
-            let bytes = decoded.sizes.get(i).copied().unwrap_or(0) as u64;
-            match out.usage.iter_mut().find(|(t, _, _)| t == tenant) {
-                Some(u) => {
-                    u.1 += 1;
-                    u.2 += bytes;
-                }
-                None => out.usage.push((tenant.clone(), 1, bytes)),
-            }
+        let size = decoded.sizes.get(i).copied().unwrap_or(0);
+        if let (true, Value::Str(tenant)) = (s.metered, &row[s.tenant]) {
+            let u = usage.entry(tenant.clone()).or_default();
+            u.0 += 1;
+            u.1 += size as u64;
         }
         watermark = watermark.max(ts);
-        out.fresh.push(row);
+        out.fresh.push((row, size));
     }
+    out.usage = usage.into_iter().map(|(t, (events, bytes))| (t, events, bytes)).collect();
     out
 }
 
 fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quotas: Arc<Quotas>, rx: Receiver<Submission>, dataflow: Sender<Command>) {
     let rejected_stream = streams.iter().position(|s| s.name == REJECTED).expect("the rejected stream exists");
     let usage_stream = streams.iter().position(|s| s.weighted);
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(std::time::Duration::from_millis(USAGE_FLUSH_MS as u64)) {
+            Ok(first) => first,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // idle: hand the last usage to the dataflow in an epoch of its own
+                let epoch = (now_ms().max(0) as Epoch).max(state.last_epoch + 1);
+                if let Some(batch) = state.usage_batch(usage_stream, epoch, true) {
+                    state.last_epoch = epoch;
+                    if dataflow.send(Command::Ingest { epoch, batches: vec![batch] }).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut group = vec![first];
         while group.len() < 4096 {
             match rx.try_recv() {
@@ -306,41 +375,34 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
         let settings = quotas.settings();
         let mut receipts: Vec<Result<Receipt>> = Vec::with_capacity(group.len());
         let mut accepted: Vec<Vec<Event>> = vec![Vec::new(); streams.len()];
-        // usage of this group per (tenant, metric)
-        let mut usage: Vec<((Arc<str>, Metric), i64)> = Vec::new();
-        let mut count = |tenant: &Arc<str>, metric: Metric, n: u64| {
-            if n == 0 {
-                return;
-            }
-            match usage.iter_mut().find(|((t, m), _)| t == tenant && *m == metric) {
-                Some(u) => u.1 += n as i64,
-                None => usage.push(((tenant.clone(), metric), n as i64)),
-            }
-        };
+        // sizes of the accepted rows of metered streams, for the log
+        let mut sizes: Vec<Vec<u32>> = vec![Vec::new(); streams.len()];
+        // refused events per tenant, logged (rare; accepted usage is recounted from the records)
+        let mut refused_usage: HashMap<Arc<str>, i64> = HashMap::new();
         let mut failed: Option<String> = None;
         for sub in &group {
             let s = &streams[sub.stream];
             let checked = check(s, sub.stream, &state, &sub.decoded);
-            let checked = Checked { usage: if s.metered { checked.usage } else { Vec::new() }, ..checked };
             let refusal = checked.usage.iter().find_map(|(tenant, events, bytes)| state.ledger.check(tenant, &settings.plan(tenant), now, *events, *bytes));
             if let Some(refusal) = refusal {
                 // the whole request is refused; its events count as refused for their tenants
                 for (tenant, events, _) in &checked.usage {
-                    state.ledger.add(tenant, now, Metric::Refused, *events as i64);
-                    count(tenant, Metric::Refused, *events);
+                    state.count_usage(tenant, now, Metric::Refused, *events as i64);
+                    *refused_usage.entry(tenant.clone()).or_default() += *events as i64;
                 }
                 receipts.push(Err(Error::QuotaExceeded(Box::new(refusal))));
                 continue;
             }
             let mut receipt = Receipt { accepted: checked.fresh.len() + checked.duplicates, duplicates: checked.duplicates, rejected: Vec::new(), epoch };
-            for row in checked.fresh {
+            for (row, size) in checked.fresh {
                 accepted[sub.stream].push(state.admit(&streams, sub.stream, row));
+                if s.metered {
+                    sizes[sub.stream].push(size);
+                }
             }
             for (tenant, events, bytes) in &checked.usage {
-                state.ledger.add(tenant, now, Metric::Events, *events as i64);
-                state.ledger.add(tenant, now, Metric::Bytes, *bytes as i64);
-                count(tenant, Metric::Events, *events);
-                count(tenant, Metric::Bytes, *bytes);
+                state.count_usage(tenant, now, Metric::Events, *events as i64);
+                state.count_usage(tenant, now, Metric::Bytes, *bytes as i64);
             }
             let mut refused = checked.refused;
             refused.sort_by_key(|r| r.line);
@@ -357,23 +419,21 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
                 continue;
             }
             let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
-            let record = Record { epoch, stream: streams[i].name.clone(), max_ts, rows: events.iter().map(|e| e.row.clone()).collect() };
+            let sizes = std::mem::take(&mut sizes[i]);
+            let record = Record { epoch, stream: streams[i].name.clone(), max_ts, rows: events.iter().map(|e| e.row.clone()).collect(), sizes };
             if let Err(e) = wal.append(&record) {
                 failed = Some(e.to_string());
             }
             batches.push(Batch { epoch, stream: i, events, watermark: state.watermarks[i] });
         }
-        if let (Some(u), false) = (usage_stream, usage.is_empty()) {
+        if let (Some(u), false) = (usage_stream, refused_usage.is_empty()) {
             let minute = crate::quota::Period::Minute.start(now);
-            state.watermarks[u] = state.watermarks[u].max(minute);
-            let events: Vec<Event> =
-                usage.into_iter().map(|((tenant, metric), n)| Event { row: usage_row(&tenant, minute, metric), ts: minute, late_by: 0, weight: n as isize }).collect();
-            let logged = events.iter().map(|e| e.row.iter().cloned().chain([Value::Int(e.weight as i64)]).collect()).collect();
-            if let Err(e) = wal.append(&Record { epoch, stream: streams[u].name.clone(), max_ts: minute, rows: logged }) {
+            let rows = refused_usage.iter().map(|(tenant, n)| usage_row(tenant, minute, Metric::Refused).into_iter().chain([Value::Int(*n)]).collect()).collect();
+            if let Err(e) = wal.append(&Record { epoch, stream: streams[u].name.clone(), max_ts: minute, rows, sizes: Vec::new() }) {
                 failed = Some(e.to_string());
             }
-            batches.push(Batch { epoch, stream: u, events, watermark: state.watermarks[u] });
         }
+        batches.extend(state.usage_batch(usage_stream, epoch, false));
         if failed.is_none()
             && let Err(e) = wal.commit()
         {

@@ -41,6 +41,8 @@ pub struct Record {
     pub max_ts: i64,
     /// The rows, in stream column order.
     pub rows: Vec<Row>,
+    /// Each row's size in bytes as received (for quotas; empty where not counted).
+    pub sizes: Vec<u32>,
 }
 
 /// The state at the start of a segment.
@@ -303,7 +305,7 @@ mod tests {
     use crate::value::Value;
 
     fn record(epoch: Epoch, n: i64) -> Record {
-        Record { epoch, stream: "events".into(), max_ts: n, rows: vec![vec![Value::Int(n), Value::str("x")]] }
+        Record { epoch, stream: "events".into(), max_ts: n, rows: vec![vec![Value::Int(n), Value::str("x")]], sizes: vec![] }
     }
 
     fn epochs(dir: &Path) -> Vec<Epoch> {

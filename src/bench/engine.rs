@@ -25,16 +25,21 @@ pub const HOP_SQL: &str = "CREATE VIEW bench AS SELECT window_start, tenant, cou
 pub const DISTINCT_SQL: &str = "CREATE VIEW bench AS SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, \
     count(DISTINCT kind) AS kinds FROM events GROUP BY date_bin(INTERVAL '1 minute', ts), tenant";
 
+/// The `engine-anomaly` detector: a z-score per (tenant, kind) series of the windowed view.
+pub const DETECTOR: &str = r#"{"name": "bench", "view": "bench", "series": ["tenant", "kind"], "value": "n", "baseline": 30}"#;
+
 const BATCH: usize = 10_000;
 
 /// Runs a view over the `events` stream.
 pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
     let mut streams = bench_streams();
-    run_on(workload, streams.remove(0), sql, rows)
+    run_on(workload, streams.remove(0), sql, None, rows)
 }
 
-/// Runs a view over `stream` (fed `rows`, which must be of its schema).
-pub fn run_on(workload: &str, stream: Stream, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+/// Runs a view over `stream` (fed `rows`, which must be of its schema), with an anomaly
+/// detector over it if given; the clock stops when the view (and the detector's output)
+/// reflects the last epoch.
+pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
     let time_column = stream.time;
     let streams = Arc::new(vec![stream, bench_streams().pop().expect("the rejected stream")]);
     let store = Arc::new(ViewStore::default());
@@ -50,6 +55,23 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, rows: &Arc<Vec<Row>>) -
     let (reply, created) = oneshot::channel();
     tx.send(Command::CreateView { plan, time, reply }).map_err(|_| anyhow!("the dataflow worker stopped"))?;
     runtime.block_on(created)?.context("creating the view")?;
+    let mut done = view.clone();
+    if let Some(json) = detector {
+        let def: weir_engine::detect::DetectorDefinition = serde_json::from_str(json)?;
+        let compiled = weir_engine::detect::Compiled::new(def, &view.info.columns, i64::MAX / 4)?;
+        done = store.insert(ViewInfo {
+            name: weir_engine::detect::ANOMALIES.into(),
+            sql: String::new(),
+            streams: vec![],
+            columns: weir_engine::detect::anomalies_columns(),
+            lateness_ms: 0,
+            retention_ms: i64::MAX,
+            from_config: true,
+        });
+        let (reply, created) = oneshot::channel();
+        tx.send(Command::CreateDetector { detector: Box::new(compiled), reply }).map_err(|_| anyhow!("the dataflow worker stopped"))?;
+        runtime.block_on(created)?.context("creating the detector")?;
+    }
 
     // build every command before the clock starts
     let mut commands = Vec::new();
@@ -74,7 +96,7 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, rows: &Arc<Vec<Row>>) -
     for c in commands {
         tx.send(c).map_err(|_| anyhow!("the dataflow worker stopped"))?;
     }
-    if !runtime.block_on(view.wait_for(last, Duration::from_secs(3600))) {
+    if !runtime.block_on(done.wait_for(last, Duration::from_secs(3600))) {
         return Err(anyhow!("the view did not catch up"));
     }
     let seconds = start.elapsed().as_secs_f64();

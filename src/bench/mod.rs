@@ -4,6 +4,9 @@
 //! ```text
 //!   engine-window, engine-hop, engine-distinct   rows pushed straight into the dataflow worker
 //!                                                (no HTTP, no log): the engine's raw speed
+//!   engine-anomaly                               engine-window plus a z-score detector per series
+//!   engine-quota                                 in-process ingest through the gate with quota
+//!                                                checks and the fsync'd log, until quota_usage is current
 //!   ingest-http                                  NDJSON batches over loopback HTTP, log fsync'd
 //!   freshness                                    fixed offered load; ack → SSE subscriber latency
 //!   recovery                                     restart time with N events in the log
@@ -15,6 +18,7 @@
 mod engine;
 mod http;
 mod nexmark;
+mod quota;
 mod recovery;
 
 use std::path::PathBuf;
@@ -33,6 +37,8 @@ pub const WORKLOADS: &[&str] = &[
     "engine-window",
     "engine-hop",
     "engine-distinct",
+    "engine-quota",
+    "engine-anomaly",
     "ingest-http",
     "freshness",
     "recovery",
@@ -177,6 +183,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "engine-window" => engine::run(w, engine::WINDOW_SQL, &events)?,
             "engine-hop" => engine::run(w, engine::HOP_SQL, &events)?,
             "engine-distinct" => engine::run(w, engine::DISTINCT_SQL, &events)?,
+            "engine-quota" => runtime.block_on(quota::run(w, &events))?,
+            "engine-anomaly" => engine::run_on(w, bench_streams().remove(0), engine::WINDOW_SQL, Some(engine::DETECTOR), &events)?,
             "ingest-http" => runtime.block_on(http::ingest(w, &events))?,
             "freshness" => runtime.block_on(http::freshness(w, &events, args.rate))?,
             "recovery" => runtime.block_on(recovery::run(w, &events))?,

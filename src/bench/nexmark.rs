@@ -92,5 +92,5 @@ pub fn bids(n: usize) -> Vec<Row> {
 
 pub fn run(workload: &str, bids: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
     let (_, sql) = QUERIES.iter().find(|(w, _)| *w == workload).expect("a known query");
-    run_on(workload, bid_stream(), sql, bids)
+    run_on(workload, bid_stream(), sql, None, bids)
 }

@@ -21,10 +21,18 @@ async fn put_quota(weir: &Weir, tenant: &str, plan: Value) -> Value {
     resp.json().await.unwrap()
 }
 
-/// The tenant's `quota_usage` row for a limit, once the view reflects `epoch`.
-async fn usage(weir: &Weir, tenant: &str, limit: &str, epoch: u64) -> Value {
-    let view = weir.read("quota_usage", epoch).await;
-    view["rows"].as_array().unwrap().iter().find(|r| r["tenant"] == tenant && r["limit"] == limit).cloned().unwrap_or(Value::Null)
+/// The tenant's `quota_usage` row for a limit once the view reflects `epoch` and shows
+/// `used` (usage reaches the view within half a second of the acknowledgement).
+async fn usage(weir: &Weir, tenant: &str, limit: &str, epoch: u64, used: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = weir.read("quota_usage", epoch).await;
+        let row = view["rows"].as_array().unwrap().iter().find(|r| r["tenant"] == tenant && r["limit"] == limit).cloned().unwrap_or(Value::Null);
+        if row["used"] == used || std::time::Instant::now() > deadline {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,21 +97,29 @@ async fn a_tenant_over_its_hard_limit_gets_429s_and_no_one_else_does() {
     assert_eq!(status, 200);
     last_epoch = last_epoch.max(body["epoch"].as_u64().unwrap());
 
-    let greedy = usage(&weir, "greedy", "events_per_hour", last_epoch).await;
+    let greedy = usage(&weir, "greedy", "events_per_hour", last_epoch, greedy_acked).await;
     assert_eq!(greedy["used"], greedy_acked, "{greedy}");
     assert_eq!(greedy["state"], "exceeded", "{greedy}");
     assert_eq!(greedy["limit_value"], 50);
-    let calm = usage(&weir, "calm", "events_per_hour", last_epoch).await;
+    let calm = usage(&weir, "calm", "events_per_hour", last_epoch, 12).await;
     assert_eq!((calm["used"].as_u64(), calm["state"].as_str(), calm["mode"].as_str()), (Some(12), Some("exceeded"), Some("soft")), "{calm}");
-    let fair = usage(&weir, "fair", "events_per_day", last_epoch).await;
+    let fair = usage(&weir, "fair", "events_per_day", last_epoch, fair_acked).await;
     assert_eq!((fair["used"].as_u64(), fair["state"].as_str()), (Some(fair_acked), Some("ok")), "{fair}");
 
     // refusals are counted per tenant, queryable like any stream
     let view = weir.create_view("CREATE VIEW refusals AS SELECT tenant, count(*) AS refused FROM usage WHERE metric = 'refused' GROUP BY tenant").await;
     assert_eq!(view["name"], "refusals");
-    let rows = weir.read("refusals", last_epoch).await["rows"].clone();
     // the mixed request's 3 fair events were refused with it
-    assert_eq!(rows, json!([{"tenant": "fair", "refused": 3}, {"tenant": "greedy", "refused": greedy_refused}]));
+    let expected = json!([{"tenant": "fair", "refused": 3}, {"tenant": "greedy", "refused": greedy_refused}]);
+    let mut rows = Value::Null;
+    for _ in 0..100 {
+        rows = weir.read("refusals", last_epoch).await["rows"].clone();
+        if rows == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows, expected);
 
     let described: Value = weir.http.get(weir.url("/v1/tenants/greedy/quota")).send().await.unwrap().json().await.unwrap();
     let hourly = described["usage"].as_array().unwrap().iter().find(|u| u["limit"] == "events_per_hour").unwrap();
@@ -116,7 +132,7 @@ async fn a_tenant_over_its_hard_limit_gets_429s_and_no_one_else_does() {
     assert_eq!(status, 429);
     let (status, body) = weir.ingest("events", &batch("fair", 1, 9000)).await;
     assert_eq!(status, 200);
-    let greedy = usage(&weir, "greedy", "events_per_hour", body["epoch"].as_u64().unwrap()).await;
+    let greedy = usage(&weir, "greedy", "events_per_hour", body["epoch"].as_u64().unwrap(), 56).await;
     assert_eq!(greedy["used"], 56, "{greedy}");
     // raising the limit lets the tenant in again
     put_quota(&weir, "greedy", json!({"events_per_hour": 100})).await;
