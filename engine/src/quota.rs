@@ -298,21 +298,27 @@ impl QuotaSettings {
 /// The quota settings in force, shared by the gate and the API, with run-time
 /// overrides kept in `<data-dir>/quotas.json`.
 pub struct Quotas {
-    settings: RwLock<QuotaSettings>,
+    state: RwLock<QuotaState>,
     path: Option<PathBuf>,
+}
+
+struct QuotaState {
+    /// What is in force: the configuration's overrides with the run-time ones on top.
+    settings: QuotaSettings,
+    /// The configuration's overrides alone.
+    configured: BTreeMap<String, Plan>,
+    /// Overrides set at run time, as stored in `quotas.json`.
+    runtime: BTreeMap<String, Plan>,
 }
 
 impl Quotas {
     /// Settings from configuration, with the overrides stored under `data_dir` on top.
-    pub fn open(mut settings: QuotaSettings, data_dir: Option<&std::path::Path>) -> Result<Quotas> {
+    pub fn open(settings: QuotaSettings, data_dir: Option<&std::path::Path>) -> Result<Quotas> {
         let path = data_dir.map(|d| d.join("quotas.json"));
+        let mut runtime = BTreeMap::new();
         if let Some(p) = &path {
             match std::fs::read(p) {
-                Ok(bytes) => {
-                    let stored: BTreeMap<String, Plan> =
-                        serde_json::from_slice(&bytes).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
-                    settings.tenants.extend(stored);
-                }
+                Ok(bytes) => runtime = serde_json::from_slice(&bytes).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
             }
@@ -320,31 +326,61 @@ impl Quotas {
         if !(settings.warning_ratio > 0.0 && settings.warning_ratio <= 1.0) {
             return Err(Error::Config(format!("quotas.warning_ratio must be in (0, 1], not {}", settings.warning_ratio)));
         }
-        Ok(Quotas { settings: RwLock::new(settings), path })
+        let configured = settings.tenants.clone();
+        let mut state = QuotaState { settings, configured, runtime };
+        state.merge();
+        Ok(Quotas { state: RwLock::new(state), path })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, QuotaState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The settings now.
     pub fn settings(&self) -> QuotaSettings {
-        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.read().settings.clone()
     }
 
     /// A tenant's effective plan.
     pub fn plan(&self, tenant: &str) -> Plan {
-        self.settings.read().unwrap_or_else(|e| e.into_inner()).plan(tenant)
+        self.read().settings.plan(tenant)
     }
 
-    /// Replaces a tenant's override, durably.
+    /// Sets a tenant's run-time override (over any from the configuration), durably.
     pub fn set(&self, tenant: &str, plan: Plan) -> Result<()> {
-        let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
-        let mut tenants = settings.tenants.clone();
-        tenants.insert(tenant.to_string(), plan);
+        self.update(|runtime| {
+            runtime.insert(tenant.to_string(), plan);
+        })
+    }
+
+    /// Removes a tenant's run-time override, durably (an override from the
+    /// configuration applies again); whether there was one.
+    pub fn remove(&self, tenant: &str) -> Result<bool> {
+        let mut had = false;
+        self.update(|runtime| had = runtime.remove(tenant).is_some())?;
+        Ok(had)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut BTreeMap<String, Plan>)) -> Result<()> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut runtime = state.runtime.clone();
+        change(&mut runtime);
         if let Some(p) = &self.path {
-            let stored = serde_json::to_vec_pretty(&tenants).expect("plans serialize");
+            let stored = serde_json::to_vec_pretty(&runtime).expect("plans serialize");
             let tmp = p.with_extension("json.tmp");
             std::fs::write(&tmp, stored).and_then(|_| std::fs::rename(&tmp, p)).map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
         }
-        settings.tenants = tenants;
+        state.runtime = runtime;
+        state.merge();
         Ok(())
+    }
+}
+
+impl QuotaState {
+    fn merge(&mut self) {
+        let mut tenants = self.configured.clone();
+        tenants.extend(self.runtime.clone());
+        self.settings.tenants = tenants;
     }
 }
 
@@ -587,7 +623,8 @@ pub fn maintain_quota_usage(store: std::sync::Weak<crate::store::ViewStore>, quo
     let mut last_run = 0i64;
     let mut last_settings = None;
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // at most five times a second: under load the usage views move with every commit
+        std::thread::sleep(std::time::Duration::from_millis(200));
         let Some(store) = store.upgrade() else { return };
         let Some(target) = store.get(QUOTA_USAGE) else { return };
         let views: Vec<_> = Period::ALL.iter().filter_map(|p| store.get(&p.view()).map(|v| (*p, v))).collect();
@@ -678,6 +715,31 @@ mod tests {
         assert_eq!(ledger.check("a", &plan, later, 3, 10).map(|r| r.limit), Some("bytes_per_day"));
         let soft = Plan { mode: Some(Mode::Soft), ..plan };
         assert_eq!(ledger.check("a", &soft, now, 1000, 0), None);
+    }
+
+    #[test]
+    fn run_time_overrides_are_stored_apart_from_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let configured = Plan { events_per_day: Some(100), ..Plan::default() };
+        let settings = QuotaSettings {
+            default: Plan { events_per_minute: Some(10), ..Plan::default() },
+            tenants: [("a".to_string(), configured.clone())].into(),
+            warning_ratio: 0.8,
+        };
+        let quotas = Quotas::open(settings.clone(), Some(dir.path())).unwrap();
+        assert_eq!(quotas.plan("a").events_per_minute, Some(10), "the default fills in");
+        quotas.set("a", Plan { events_per_day: Some(5), ..Plan::default() }).unwrap();
+        quotas.set("b", Plan { mode: Some(Mode::Soft), ..Plan::default() }).unwrap();
+        assert_eq!(quotas.plan("a").events_per_day, Some(5));
+        // a restart with a changed configuration keeps the run-time overrides on top
+        let changed = QuotaSettings { tenants: [("a".to_string(), Plan { events_per_day: Some(7), ..Plan::default() })].into(), ..settings };
+        let quotas = Quotas::open(changed, Some(dir.path())).unwrap();
+        assert_eq!((quotas.plan("a").events_per_day, quotas.plan("b").mode()), (Some(5), Mode::Soft));
+        assert!(quotas.remove("a").unwrap());
+        assert_eq!(quotas.plan("a").events_per_day, Some(7), "the configuration's override applies again");
+        assert!(!quotas.remove("a").unwrap());
+        let stored: BTreeMap<String, Plan> = serde_json::from_slice(&std::fs::read(dir.path().join("quotas.json")).unwrap()).unwrap();
+        assert_eq!(stored.keys().collect::<Vec<_>>(), vec!["b"]);
     }
 
     #[test]

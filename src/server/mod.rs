@@ -15,6 +15,7 @@
 //!   DELETE /v1/anomalies/{name}          delete one
 //!   GET    /v1/tenants/{tenant}/quota    a tenant's plan and usage
 //!   PUT    /v1/tenants/{tenant}/quota    set a tenant's plan {"events_per_minute": 1000, …}
+//!   DELETE /v1/tenants/{tenant}/quota    remove a tenant's override
 //!   GET    /livez, /readyz               health
 //! ```
 
@@ -57,7 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts/stream", get(alerts::stream))
         .route("/v1/anomalies", get(anomalies::list).post(anomalies::create))
         .route("/v1/anomalies/{name}", axum::routing::delete(anomalies::drop))
-        .route("/v1/tenants/{tenant}/quota", get(tenants::get_quota).put(tenants::put_quota))
+        .route("/v1/tenants/{tenant}/quota", get(tenants::get_quota).put(tenants::put_quota).delete(tenants::delete_quota))
         .route("/livez", get(|| async { Json(json!({"status": "live"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         .fallback(|| async { error::ApiError::not_found("no such endpoint; see docs/http-api.md") })

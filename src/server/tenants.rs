@@ -37,6 +37,15 @@ pub async fn put_quota(State(app): State<AppState>, Path(tenant): Path<String>, 
     Ok(Json(describe(&app, &tenant)))
 }
 
+/// `DELETE /v1/tenants/{tenant}/quota`: removes the tenant's override; the default plan
+/// applies again.
+pub async fn delete_quota(State(app): State<AppState>, Path(tenant): Path<String>) -> Result<Json<Json_>, ApiError> {
+    if !app.engine.quotas().remove(&tenant)? {
+        return Err(ApiError::not_found(format!("tenant {tenant} has no quota override")));
+    }
+    Ok(Json(describe(&app, &tenant)))
+}
+
 fn describe(app: &AppState, tenant: &str) -> Json_ {
     let quotas = app.engine.quotas();
     let settings = quotas.settings();

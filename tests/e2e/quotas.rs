@@ -138,4 +138,10 @@ async fn a_tenant_over_its_hard_limit_gets_429s_and_no_one_else_does() {
     put_quota(&weir, "greedy", json!({"events_per_hour": 100})).await;
     let (status, _) = weir.ingest("events", &batch("greedy", 7, 9100)).await;
     assert_eq!(status, 200);
+    // removing the override puts the tenant back on the default plan
+    let resp = weir.http.delete(weir.url("/v1/tenants/greedy/quota")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let plan: Value = resp.json().await.unwrap();
+    assert_eq!((plan["plan"]["events_per_hour"].as_u64(), plan["override"].is_null()), (None, true), "{plan}");
+    assert_eq!(weir.http.delete(weir.url("/v1/tenants/greedy/quota")).send().await.unwrap().status(), 404);
 }
