@@ -393,4 +393,40 @@ time_column = "at"
         assert_eq!(streams[0].policy.lateness_ms, 600_000);
         assert_eq!(streams[1].policy.retention_ms, 3 * 3_600_000);
     }
+
+    #[test]
+    fn quotas_detectors_and_alerting() {
+        let file = r#"
+[quotas]
+warning_ratio = 0.9
+[quotas.default]
+events_per_day = 1000000
+[quotas.tenants.acme]
+events_per_minute = 1000
+mode = "soft"
+
+[[anomalies]]
+name = "traffic"
+view = "per_minute"
+series = ["tenant", "kind"]
+value = "n"
+method = "mad"
+
+[alerting]
+resolve_after = 3
+[[alerting.webhooks]]
+url = "http://127.0.0.1:9000/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"#;
+        let env = [("WEIR_ALERTING__ALERTMANAGERS", r#"[{url = "http://127.0.0.1:9093"}]"#), ("WEIR_QUOTAS__TENANTS__ACME__EVENTS_PER_HOUR", "50000")];
+        let c = load(Some(file), &env, Overrides::default()).unwrap();
+        let q = c.quotas.settings();
+        assert_eq!((q.warning_ratio, q.plan("acme").events_per_day, q.plan("acme").events_per_hour), (0.9, Some(1_000_000), Some(50_000)));
+        assert_eq!(q.plan("acme").mode(), weir_engine::quota::Mode::Soft);
+        assert_eq!((c.anomalies[0].name.as_str(), c.anomalies[0].baseline, c.anomalies[0].method.as_str()), ("traffic", 30, "mad"));
+        assert_eq!((c.alerting.fire_after, c.alerting.resolve_after), (1, 3));
+        assert_eq!((c.alerting.webhooks.len(), c.alerting.alertmanagers[0].url.as_str()), (1, "http://127.0.0.1:9093"));
+        let bad = load(Some("[quotas.default]\nevents_per_week = 1\n"), &[], Overrides::default()).unwrap_err();
+        assert!(format!("{bad:#}").contains("events_per_week"), "{bad:#}");
+    }
 }
