@@ -7,6 +7,7 @@ mod demo;
 mod detect;
 mod serve;
 mod server;
+mod sql;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,17 @@ enum Command {
         /// Offered load of the freshness workload, events per second.
         #[arg(long, default_value_t = 50_000)]
         rate: u64,
+    },
+    /// Run SQL over a running Weir's live views (tables live.<view>) and print the result.
+    Sql {
+        /// The query, e.g. "SELECT tenant, sum(n) FROM live.per_minute GROUP BY tenant".
+        sql: String,
+        /// Weir's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:7070", env = "WEIR_URL")]
+        url: String,
+        /// table, csv or json.
+        #[arg(long, value_enum, default_value = "table")]
+        output: sql::Output,
     },
     /// Score a CSV time series (columns timestamp,value) with an anomaly detector run by the real engine.
     Detect {
@@ -105,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { workloads, events, workers, json, input, rate } => {
             return bench::run(bench::BenchArgs { workloads, events, workers, json, input, rate });
         }
+        Command::Sql { sql: query, url, output } => return sql::run(&url, &query, output),
         Command::Detect { input, output, window, method, baseline, threshold } => {
             return detect::run(detect::DetectArgs { input, output, window, method, baseline, threshold });
         }

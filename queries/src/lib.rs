@@ -9,6 +9,8 @@
 //! tenant-scoped sessions and time travel build on it.
 #![warn(missing_docs)]
 
+pub mod live;
+
 use std::sync::Arc;
 
 use datafusion::datasource::MemTable;

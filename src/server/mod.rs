@@ -8,6 +8,7 @@
 //!   GET    /v1/views/{view}              rows (JSON, or CSV with Accept: text/csv)
 //!   DELETE /v1/views/{view}              drop a view
 //!   GET    /v1/views/{view}/subscribe    Server-Sent Events: snapshot, then changes
+//!   POST   /v1/sql                       SQL over the live views {"sql": "SELECT … FROM live.view"}
 //!   GET    /v1/alerts                    alerts firing and recent state changes
 //!   GET    /v1/alerts/stream             Server-Sent Events: alert state changes
 //!   GET    /v1/anomalies                 anomaly detectors
@@ -23,6 +24,7 @@ mod alerts;
 mod anomalies;
 mod error;
 mod ingest;
+mod sql;
 mod tenants;
 mod views;
 
@@ -54,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views", get(views::list).post(views::create))
         .route("/v1/views/{view}", get(views::read).delete(views::drop))
         .route("/v1/views/{view}/subscribe", get(views::subscribe))
+        .route("/v1/sql", post(sql::sql))
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/alerts/stream", get(alerts::stream))
         .route("/v1/anomalies", get(anomalies::list).post(anomalies::create))

@@ -4,6 +4,7 @@ mod alerts;
 mod anomalies;
 mod detect;
 mod quotas;
+mod sql;
 mod weir;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,71 @@
+//! SQL over the live views: the schema `live` resolves `live.<view>` to the view's rows
+//! as of the moment the query is planned.
+//!
+//! ```text
+//!   POST /v1/sql ─▶ DataFusion session (Weir's functions) ─▶ live.<view> ─▶ the view store's snapshot
+//!                                                                            (Arrow, in batches)
+//! ```
+//!
+//! Queries read; DDL, DML and statements that change the session are refused.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::SQLOptions;
+use weir_engine::Engine;
+
+use crate::Result;
+
+/// The schema of every live view, by name.
+pub struct LiveSchema {
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for LiveSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSchema").finish_non_exhaustive()
+    }
+}
+
+/// Rows per batch handed to DataFusion (and so, at most, per chunk of a streamed result).
+const BATCH_ROWS: usize = 8192;
+
+#[async_trait]
+impl SchemaProvider for LiveSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.engine.views().iter().map(|v| v.info.name.clone()).collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(view) = self.engine.view(name) else { return Ok(None) };
+        let (_, rows) = view.snapshot();
+        let batches = rows
+            .chunks(BATCH_ROWS)
+            .map(|chunk| weir_engine::columnar::rows_to_batch(&view.info.columns, chunk))
+            .collect::<weir_engine::Result<Vec<_>>>()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => weir_engine::columnar::rows_to_batch(&view.info.columns, &[]).map_err(|e| DataFusionError::External(Box::new(e)))?.schema(),
+        };
+        Ok(Some(Arc::new(MemTable::try_new(schema, vec![batches])?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.engine.view(name).is_some()
+    }
+}
+
+/// Plans `sql` over the live views and starts it; the result arrives in batches.
+pub async fn query(engine: Arc<Engine>, sql: &str) -> Result<SendableRecordBatchStream> {
+    let ctx = weir_engine::plan::session();
+    let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("the default catalog is missing".into()))?;
+    catalog.register_schema("live", Arc::new(LiveSchema { engine }))?;
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let frame = ctx.sql_with_options(sql, options).await?;
+    Ok(frame.execute_stream().await?)
+}
