@@ -51,6 +51,9 @@ pub struct Config {
     /// `[alerting]`: hysteresis and receivers.
     #[serde(default)]
     pub alerting: crate::alerting::AlertingConfig,
+    /// `[auth]`: API keys.
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// `[quotas]`: the default plan, per-tenant overrides, the warning ratio.

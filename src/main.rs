@@ -1,6 +1,7 @@
 //! `weir`: the command-line entry point. Parses flags, loads the configuration, runs.
 
 mod alerting;
+mod auth;
 mod bench;
 mod config;
 mod demo;
@@ -66,6 +67,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: sql::Output,
     },
+    /// Make a new API key: prints the key and the [[auth.keys]] entry (with its hash) to configure.
+    Key {
+        /// A name for the key, shown in logs.
+        #[arg(long)]
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: auth::Role,
+        /// The only tenant it may write and see.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Score a CSV time series (columns timestamp,value) with an anomaly detector run by the real engine.
     Detect {
         /// The series: a CSV file with a header naming `timestamp` and `value` columns.
@@ -118,6 +131,10 @@ fn main() -> anyhow::Result<()> {
             return bench::run(bench::BenchArgs { workloads, events, workers, json, input, rate });
         }
         Command::Sql { sql: query, url, output } => return sql::run(&url, &query, output),
+        Command::Key { name, role, tenant } => {
+            print!("{}", auth::new_key(&name, role, tenant.as_deref()));
+            return Ok(());
+        }
         Command::Detect { input, output, window, method, baseline, threshold } => {
             return detect::run(detect::DetectArgs { input, output, window, method, baseline, threshold });
         }

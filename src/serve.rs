@@ -33,10 +33,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let address = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
     let alerting = crate::alerting::Alerting::start(engine.clone(), &config.alerting)?;
+    let keys = crate::auth::Keys::new(&config.auth, &address)?;
     let state = AppState { engine: engine.clone(), alerting, config: Arc::new(config), shutdown: stop_rx.clone() };
     let mut stopping = stop_rx;
     let server = tokio::spawn(
-        axum::serve(listener, router(state))
+        axum::serve(listener, router(state, keys))
             .with_graceful_shutdown(async move {
                 let _ = stopping.wait_for(|s| *s).await;
             })

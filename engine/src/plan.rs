@@ -138,8 +138,13 @@ pub struct Planner {
 /// A DataFusion session whose tables are the given streams (empty), for planning; the
 /// oracle and the query layer register data of their own.
 pub fn session() -> SessionContext {
+    session_with(false)
+}
+
+/// A DataFusion session with Weir's functions, and `information_schema` if asked.
+pub fn session_with(information_schema: bool) -> SessionContext {
     let config = SessionConfig::new()
-        .with_information_schema(false)
+        .with_information_schema(information_schema)
         // keep strings as Utf8 so that plans match the streams' declared types
         .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
     let ctx = SessionContext::new_with_config(config);

@@ -23,6 +23,9 @@ use crate::Result;
 /// The schema of every live view, by name.
 pub struct LiveSchema {
     engine: Arc<Engine>,
+    /// With a tenant, every table holds that tenant's rows only, and views without a
+    /// `tenant` column are not readable.
+    tenant: Option<String>,
 }
 
 impl std::fmt::Debug for LiveSchema {
@@ -37,12 +40,17 @@ const BATCH_ROWS: usize = 8192;
 #[async_trait]
 impl SchemaProvider for LiveSchema {
     fn table_names(&self) -> Vec<String> {
-        self.engine.views().iter().map(|v| v.info.name.clone()).collect()
+        self.engine.views().iter().filter(|v| self.readable(v)).map(|v| v.info.name.clone()).collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let Some(view) = self.engine.view(name) else { return Ok(None) };
-        let (_, rows) = view.snapshot();
+        let Some(view) = self.engine.view(name).filter(|v| self.readable(v)) else { return Ok(None) };
+        let (_, mut rows) = view.snapshot();
+        if let Some(tenant) = &self.tenant {
+            // the tenant predicate is applied here, in the scan: nothing else of the query can see other rows
+            let column = view.info.columns.iter().position(|c| c.name == "tenant").expect("readable views have a tenant column");
+            rows.retain(|r| matches!(&r[column], weir_engine::value::Value::Str(t) if **t == **tenant));
+        }
         let batches = rows
             .chunks(BATCH_ROWS)
             .map(|chunk| weir_engine::columnar::rows_to_batch(&view.info.columns, chunk))
@@ -56,15 +64,24 @@ impl SchemaProvider for LiveSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.engine.view(name).is_some()
+        self.engine.view(name).is_some_and(|v| self.readable(&v))
+    }
+}
+
+impl LiveSchema {
+    /// Whether the view is a table here: with a tenant, only views with a `tenant` column are.
+    fn readable(&self, view: &weir_engine::store::LiveView) -> bool {
+        self.tenant.is_none() || view.info.columns.iter().any(|c| c.name == "tenant")
     }
 }
 
 /// Plans `sql` over the live views and starts it; the result arrives in batches.
-pub async fn query(engine: Arc<Engine>, sql: &str) -> Result<SendableRecordBatchStream> {
-    let ctx = weir_engine::plan::session();
+/// With `tenant`, the query sees that tenant's rows only, and views without a `tenant`
+/// column do not exist for it.
+pub async fn query(engine: Arc<Engine>, sql: &str, tenant: Option<String>) -> Result<SendableRecordBatchStream> {
+    let ctx = weir_engine::plan::session_with(true);
     let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("the default catalog is missing".into()))?;
-    catalog.register_schema("live", Arc::new(LiveSchema { engine }))?;
+    catalog.register_schema("live", Arc::new(LiveSchema { engine, tenant }))?;
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let frame = ctx.sql_with_options(sql, options).await?;
     Ok(frame.execute_stream().await?)

@@ -2,16 +2,25 @@
 //! the accepted events are durable.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value as Json_};
 use weir_connectors::format::{decode_json_array, decode_ndjson};
 
+use weir_engine::value::Value;
+
 use super::error::ApiError;
+use crate::auth::Principal;
 use super::AppState;
 
-pub async fn ingest(State(app): State<AppState>, Path(stream): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<Json_>, ApiError> {
+pub async fn ingest(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Json_>, ApiError> {
     let (index, schema) = app.engine.stream(&stream).ok_or_else(|| ApiError::not_found(format!("no stream named {stream}")))?;
     if !schema.metered {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "read_only_stream", format!("the built-in stream {stream} is written by Weir itself")));
@@ -35,6 +44,15 @@ pub async fn ingest(State(app): State<AppState>, Path(stream): Path<String>, hea
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))?;
+    if let Some(tenant) = &principal.tenant {
+        // a tenant-scoped publisher writes its own tenant only: anything else refuses the request
+        let tenant_col = app.engine.streams()[index].tenant;
+        let foreign = decoded.rows.iter().find(|(_, r)| !matches!(&r[tenant_col], Value::Str(t) if **t == **tenant)).map(|(line, _)| *line);
+        let foreign = foreign.or(decoded.rejected.iter().find(|r| r.tenant.as_ref().is_some_and(|t| t != tenant)).map(|r| r.line));
+        if let Some(line) = foreign {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "tenant_scope", format!("line {line} is not of tenant {tenant}, the only tenant this key may write")));
+        }
+    }
     let receipt = app.engine.ingest(index, decoded).await?;
     let rejected: Vec<Json_> = receipt.rejected.iter().map(|(line, error)| json!({"line": line, "error": error})).collect();
     Ok(Json(json!({

@@ -22,7 +22,7 @@
 
 mod alerts;
 mod anomalies;
-mod error;
+pub mod error;
 mod ingest;
 mod sql;
 mod tenants;
@@ -49,7 +49,7 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, keys: Arc<crate::auth::Keys>) -> Router {
     Router::new()
         .route("/v1/streams", get(ingest::list_streams))
         .route("/v1/streams/{stream}/events", post(ingest::ingest))
@@ -67,5 +67,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { error::ApiError::not_found("no such endpoint; see docs/http-api.md") })
         // the ingest handler enforces its own, configurable limit
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(keys, crate::auth::authorize))
         .with_state(state)
 }

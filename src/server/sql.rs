@@ -2,7 +2,7 @@
 //! result streamed batch by batch as JSON (default), CSV or an Arrow IPC stream.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -11,6 +11,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::error::ApiError;
+use crate::auth::Principal;
 use super::AppState;
 
 #[derive(Deserialize)]
@@ -28,7 +29,7 @@ enum Format {
 
 const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
-pub async fn sql(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Principal>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("expected {{\"sql\": \"SELECT …\"}}: {e}")))?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let format = if accept.contains(ARROW_STREAM) {
@@ -38,8 +39,15 @@ pub async fn sql(State(app): State<AppState>, headers: HeaderMap, body: axum::bo
     } else {
         Format::Json
     };
-    let stream = weir_queries::live::query(app.engine.clone(), &request.sql).await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string()))?;
+    let stream = weir_queries::live::query(app.engine.clone(), &request.sql, principal.tenant.clone()).await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string()))?;
     let schema = stream.schema();
+    // errors that only show when the query starts running are still the caller's: a 400
+    let mut stream = stream;
+    let first = match stream.next().await {
+        Some(Err(e)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string())),
+        first => first,
+    };
+    let stream = futures::stream::iter(first).chain(stream);
     let mut encoder = Encoder::new(format, schema);
     let head = encoder.head();
     let mut tail = Some(encoder.clone_tail());

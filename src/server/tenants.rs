@@ -1,15 +1,19 @@
 //! `GET` and `PUT /v1/tenants/{tenant}/quota`: a tenant's plan and its usage.
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::Json;
 use serde_json::{json, Value as Json_};
 use weir_engine::quota::{Plan, QUOTA_USAGE};
 
 use super::error::ApiError;
+use crate::auth::Principal;
 use super::AppState;
 
 /// The tenant's effective plan, its override, and its `quota_usage` rows.
-pub async fn get_quota(State(app): State<AppState>, Path(tenant): Path<String>) -> Result<Json<Json_>, ApiError> {
+pub async fn get_quota(State(app): State<AppState>, Extension(principal): Extension<Principal>, Path(tenant): Path<String>) -> Result<Json<Json_>, ApiError> {
+    if !principal.sees(&tenant) {
+        return Err(ApiError::new(axum::http::StatusCode::FORBIDDEN, "tenant_scope", format!("this key may not see tenant {tenant}")));
+    }
     Ok(Json(describe(&app, &tenant)))
 }
 

@@ -5,7 +5,9 @@ use std::convert::Infallible;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
+
+use crate::auth::Principal;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -76,8 +78,15 @@ fn view(app: &AppState, name: &str) -> Result<Arc<LiveView>, ApiError> {
     app.engine.view(name).ok_or_else(|| ApiError::not_found(format!("no view named {name}")))
 }
 
-pub async fn read(State(app): State<AppState>, Path(name): Path<String>, Query(params): Query<ReadParams>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn read(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    Query(params): Query<ReadParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let view = view(&app, &name)?;
+    let scope = scope(&principal, &view)?;
     if let Some(min) = params.min_epoch {
         let timeout = Duration::from_millis(params.timeout_ms.unwrap_or(10_000));
         if !view.wait_for(min, timeout).await {
@@ -88,7 +97,8 @@ pub async fn read(State(app): State<AppState>, Path(name): Path<String>, Query(p
             ));
         }
     }
-    let (epoch, rows) = view.snapshot();
+    let (epoch, mut rows) = view.snapshot();
+    rows.retain(|r| keep(&scope, r));
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let epoch_header = (header::HeaderName::from_static("x-weir-epoch"), epoch.to_string());
     if accept.contains(ARROW_STREAM) {
@@ -101,6 +111,30 @@ pub async fn read(State(app): State<AppState>, Path(name): Path<String>, Query(p
     }
     let rows: Vec<Json_> = rows.iter().map(|r| row_to_json(&view.info.columns, r)).collect();
     Ok(Json(json!({ "view": name, "epoch": epoch, "rows": rows })).into_response())
+}
+
+/// The rows a tenant-scoped key may see: those whose `tenant` column is its tenant.
+#[derive(Clone)]
+pub struct Scope {
+    column: usize,
+    tenant: std::sync::Arc<str>,
+}
+
+/// The scope of a principal's reads of a view: none for an unscoped key; a
+/// tenant-scoped key can only read views with a `tenant` column.
+pub fn scope(principal: &Principal, view: &LiveView) -> Result<Option<Scope>, ApiError> {
+    let Some(tenant) = &principal.tenant else { return Ok(None) };
+    let column = view.info.columns.iter().position(|c| c.name == "tenant").ok_or_else(|| {
+        ApiError::new(StatusCode::FORBIDDEN, "tenant_scope", format!("the view {} has no tenant column, so a tenant-scoped key cannot read it", view.info.name))
+    })?;
+    Ok(Some(Scope { column, tenant: std::sync::Arc::from(tenant.as_str()) }))
+}
+
+fn keep(scope: &Option<Scope>, row: &Row) -> bool {
+    match scope {
+        None => true,
+        Some(s) => matches!(row.get(s.column), Some(weir_engine::value::Value::Str(t)) if **t == *s.tenant),
+    }
 }
 
 /// The media type of the Arrow IPC stream format.
@@ -131,8 +165,9 @@ fn csv_field(s: &str) -> String {
 }
 
 /// `GET /v1/views/{view}/subscribe`: a snapshot, then every change in epoch order.
-pub async fn subscribe(State(app): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn subscribe(State(app): State<AppState>, Extension(principal): Extension<Principal>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let view = view(&app, &name)?;
+    let scope = scope(&principal, &view)?;
     let last = match headers.get("last-event-id").map(|v| v.to_str().map(|s| s.trim().parse::<u64>())) {
         None => None,
         Some(Ok(Ok(epoch))) => Some(epoch),
@@ -140,7 +175,7 @@ pub async fn subscribe(State(app): State<AppState>, Path(name): Path<String>, he
     };
     let subscription = view.subscribe(last);
     let columns = Arc::new(view.info.columns.clone());
-    let events = change_stream(subscription, Arc::downgrade(&view), columns);
+    let events = change_stream(subscription, Arc::downgrade(&view), columns, scope);
     let mut shutdown = app.shutdown.clone();
     let events = events.take_until(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
@@ -148,13 +183,13 @@ pub async fn subscribe(State(app): State<AppState>, Path(name): Path<String>, he
     Ok(Sse::new(events.map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response())
 }
 
-fn snapshot_event(columns: &[Column], epoch: u64, rows: &[Row]) -> SseEvent {
-    let rows: Vec<Json_> = rows.iter().map(|r| row_to_json(columns, r)).collect();
+fn snapshot_event(columns: &[Column], epoch: u64, rows: &[Row], scope: &Option<Scope>) -> SseEvent {
+    let rows: Vec<Json_> = rows.iter().filter(|r| keep(scope, r)).map(|r| row_to_json(columns, r)).collect();
     SseEvent::default().event("snapshot").id(epoch.to_string()).data(json!({ "epoch": epoch, "rows": rows }).to_string())
 }
 
-fn change_events(columns: &[Column], changes: &EpochChanges, out: &mut VecDeque<SseEvent>) {
-    for (row, diff) in &changes.changes {
+fn change_events(columns: &[Column], changes: &EpochChanges, out: &mut VecDeque<SseEvent>, scope: &Option<Scope>) {
+    for (row, diff) in changes.changes.iter().filter(|(r, _)| keep(scope, r)) {
         let data = json!({ "epoch": changes.epoch, "diff": diff.signum(), "row": row_to_json(columns, row) }).to_string();
         for _ in 0..diff.unsigned_abs() {
             out.push_back(SseEvent::default().event("change").id(changes.epoch.to_string()).data(data.clone()));
@@ -166,18 +201,18 @@ fn reset_event(reason: &str, requested: Option<u64>, epoch: u64) -> SseEvent {
     SseEvent::default().event("reset").data(json!({ "reason": reason, "requested": requested, "epoch": epoch }).to_string())
 }
 
-fn start_events(columns: &[Column], start: Start) -> VecDeque<SseEvent> {
+fn start_events(columns: &[Column], start: Start, scope: &Option<Scope>) -> VecDeque<SseEvent> {
     let mut out = VecDeque::new();
     match start {
-        Start::Snapshot { epoch, rows } => out.push_back(snapshot_event(columns, epoch, &rows)),
+        Start::Snapshot { epoch, rows } => out.push_back(snapshot_event(columns, epoch, &rows, scope)),
         Start::Resume(changes) => {
             for c in &changes {
-                change_events(columns, c, &mut out);
+                change_events(columns, c, &mut out, scope);
             }
         }
         Start::Reset { requested, epoch, rows } => {
             out.push_back(reset_event("the requested epoch is no longer retained; discard your copy and use the snapshot that follows", Some(requested), epoch));
-            out.push_back(snapshot_event(columns, epoch, &rows));
+            out.push_back(snapshot_event(columns, epoch, &rows, scope));
         }
     }
     out
@@ -185,15 +220,15 @@ fn start_events(columns: &[Column], start: Start) -> VecDeque<SseEvent> {
 
 /// The subscription as SSE events. The view is held weakly, so that dropping the view
 /// ends the stream; a subscriber that falls too far behind is sent a fresh snapshot.
-fn change_stream(sub: Subscription, view: Weak<LiveView>, columns: Arc<Vec<Column>>) -> impl Stream<Item = SseEvent> {
-    let pending = start_events(&columns, sub.start);
-    futures::stream::unfold((sub.changes, view, columns, pending), |(mut rx, view, columns, mut pending)| async move {
+fn change_stream(sub: Subscription, view: Weak<LiveView>, columns: Arc<Vec<Column>>, scope: Option<Scope>) -> impl Stream<Item = SseEvent> {
+    let pending = start_events(&columns, sub.start, &scope);
+    futures::stream::unfold((sub.changes, view, columns, pending, scope), |(mut rx, view, columns, mut pending, scope)| async move {
         loop {
             if let Some(event) = pending.pop_front() {
-                return Some((event, (rx, view, columns, pending)));
+                return Some((event, (rx, view, columns, pending, scope)));
             }
             match rx.recv().await {
-                Ok(changes) => change_events(&columns, &changes, &mut pending),
+                Ok(changes) => change_events(&columns, &changes, &mut pending, &scope),
                 Err(RecvError::Lagged(_)) => {
                     let view_now = view.upgrade()?;
                     let sub = view_now.subscribe(None);
@@ -201,7 +236,7 @@ fn change_stream(sub: Subscription, view: Weak<LiveView>, columns: Arc<Vec<Colum
                     rx = sub.changes;
                     if let Start::Snapshot { epoch, rows } = sub.start {
                         pending.push_back(reset_event("the subscriber fell behind; discard your copy and use the snapshot that follows", None, epoch));
-                        pending.push_back(snapshot_event(&columns, epoch, &rows));
+                        pending.push_back(snapshot_event(&columns, epoch, &rows, &scope));
                     }
                 }
                 Err(RecvError::Closed) => return None,

@@ -2,6 +2,7 @@
 
 mod alerts;
 mod anomalies;
+mod auth;
 mod detect;
 mod quotas;
 mod sql;

@@ -107,6 +107,13 @@ impl SseReader {
         SseReader { body: resp.bytes_stream().boxed(), buffer: String::new() }
     }
 
+    /// Opens a subscription with an API key.
+    pub async fn open_with_key(weir: &Weir, path: &str, key: &str) -> SseReader {
+        let resp = weir.http.get(weir.url(path)).header("accept", "text/event-stream").bearer_auth(key).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        SseReader { body: resp.bytes_stream().boxed(), buffer: String::new() }
+    }
+
     /// The next event (comments and keep-alives skipped), waiting at most 10 s.
     pub async fn next(&mut self) -> Sse {
         tokio::time::timeout(Duration::from_secs(10), self.next_inner()).await.expect("no SSE event within 10 s")
