@@ -54,6 +54,21 @@ pub struct Config {
     /// `[auth]`: API keys.
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// `[snapshot]`: Delta Lake snapshots of the views.
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+}
+
+/// `[snapshot]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// How often every view is written, e.g. `"10s"`; `"0s"` writes only on `POST /v1/snapshots`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Where: a directory or a `file://` URL (default `<data_dir>/lake`).
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 /// `[quotas]`: the default plan, per-tenant overrides, the warning ratio.

@@ -20,6 +20,15 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
 }
 
+/// Writes every view to the lake as of one epoch.
+pub async fn snapshot(engine: &Engine, lake: &weir_lake::Lake) -> anyhow::Result<weir_lake::Snapshot> {
+    let capture = engine.capture().await?;
+    let snapshot = lake.snapshot(capture).await?;
+    let written = snapshot.tables.iter().filter(|t| t.written).count();
+    tracing::info!(epoch = snapshot.epoch, written, unchanged = snapshot.tables.len() - written, seconds = snapshot.seconds, "snapshot");
+    Ok(snapshot)
+}
+
 /// Opens the engine (recovering from the log) and starts serving HTTP.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let streams = config.streams()?;
@@ -34,7 +43,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let alerting = crate::alerting::Alerting::start(engine.clone(), &config.alerting)?;
     let keys = crate::auth::Keys::new(&config.auth, &address)?;
-    let state = AppState { engine: engine.clone(), alerting, config: Arc::new(config), shutdown: stop_rx.clone() };
+    let lake = Arc::new(match &config.snapshot.location {
+        Some(l) if l.contains("://") => weir_lake::Lake::new(weir_lake::Url::parse(l).with_context(|| format!("snapshot.location {l}"))?)?,
+        Some(l) => weir_lake::Lake::in_dir(std::path::Path::new(l))?,
+        None => weir_lake::Lake::in_dir(&config.data_dir.join("lake"))?,
+    });
+    let interval = weir_engine::time::parse_duration_ms(config.snapshot.interval.as_deref().unwrap_or("10s"))?;
+    if interval > 0 {
+        let (engine, lake, mut stopping) = (engine.clone(), lake.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval as u64));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+                // a failed snapshot is retried at the next tick; ingest never waits for it
+                if let Err(e) = snapshot(&engine, &lake).await {
+                    tracing::warn!(error = %format!("{e:#}"), "snapshot failed; retrying at the next interval");
+                }
+            }
+        });
+    }
+    let state = AppState { engine: engine.clone(), alerting, lake, config: Arc::new(config), shutdown: stop_rx.clone() };
     let mut stopping = stop_rx;
     let server = tokio::spawn(
         axum::serve(listener, router(state, keys))

@@ -79,6 +79,16 @@ pub struct ViewTime {
     pub retention_ms: i64,
 }
 
+/// Every view's rows as of one epoch: a consistent cut across views.
+pub struct Capture {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Each view with its rows as of `epoch`.
+    pub views: Vec<(crate::store::ViewInfo, Vec<Row>)>,
+    /// Each stream's watermark.
+    pub watermarks: Vec<(String, i64)>,
+}
+
 /// Work for the dataflow worker.
 pub enum Command {
     /// Feed committed events; the epoch is closed even if there are none, so that
@@ -111,6 +121,11 @@ pub enum Command {
         name: String,
         /// Where to say it is gone.
         reply: oneshot::Sender<Result<()>>,
+    },
+    /// Capture every view's rows as of one epoch, the latest every view has completed.
+    Capture {
+        /// Where to send the epoch and the views' rows.
+        reply: oneshot::Sender<Capture>,
     },
     /// Tear a view's dataflow down.
     DropView {
@@ -240,6 +255,13 @@ pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Re
                             None => Err(Error::NotFound(format!("no detector named {name}"))),
                         };
                         let _ = reply.send(result);
+                    }
+                    Command::Capture { reply } => {
+                        let epoch = complete_through(&views, last_epoch);
+                        // built-in views outside the dataflow (quota_usage, anomalies) come as they are
+                        let captured = store.list().into_iter().filter_map(|view| view.rows_at(epoch).map(|rows| (view.info.clone(), rows))).collect();
+                        let watermarks = streams.iter().zip(&retained).filter(|(_, r)| r.watermark != i64::MIN).map(|(s, r)| (s.name.clone(), r.watermark)).collect();
+                        let _ = reply.send(Capture { epoch, views: captured, watermarks });
                     }
                     Command::DropView { name, reply } => {
                         let result = match views.iter().position(|v| v.name == name) {

@@ -274,6 +274,14 @@ impl Engine {
         std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
+    /// Every view's rows as of one epoch (the latest all views have completed): what a
+    /// consistent snapshot writes.
+    pub async fn capture(&self) -> Result<crate::dataflow::Capture> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Capture { reply })?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
     /// The quota plans in force.
     pub fn quotas(&self) -> &Quotas {
         &self.quotas

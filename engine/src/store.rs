@@ -146,6 +146,29 @@ impl LiveView {
         (state.epoch, expand(&state.rows))
     }
 
+    /// The view's rows as of `epoch` (at most its current epoch), undoing later changes
+    /// from its history; `None` if those are no longer kept.
+    pub fn rows_at(&self, epoch: Epoch) -> Option<Vec<Row>> {
+        let state = self.lock();
+        if epoch >= state.epoch {
+            return Some(expand(&state.rows));
+        }
+        if epoch < state.history_floor {
+            return None;
+        }
+        let mut rows = state.rows.clone();
+        for c in state.history.iter().rev().take_while(|c| c.epoch > epoch) {
+            for (row, diff) in &c.changes {
+                let count = rows.entry(row.clone()).or_insert(0);
+                *count -= diff;
+                if *count == 0 {
+                    rows.remove(row);
+                }
+            }
+        }
+        Some(expand(&rows))
+    }
+
     /// The epoch the view's contents are complete through.
     pub fn epoch(&self) -> Epoch {
         *self.epoch.borrow()

@@ -77,11 +77,15 @@ impl LiveSchema {
 
 /// Plans `sql` over the live views and starts it; the result arrives in batches.
 /// With `tenant`, the query sees that tenant's rows only, and views without a `tenant`
-/// column do not exist for it.
-pub async fn query(engine: Arc<Engine>, sql: &str, tenant: Option<String>) -> Result<SendableRecordBatchStream> {
+/// column do not exist for it. `snapshots`, if given, is the default schema: tables named
+/// after the views, holding their latest snapshot.
+pub async fn query(engine: Arc<Engine>, sql: &str, tenant: Option<String>, snapshots: Option<Arc<dyn SchemaProvider>>) -> Result<SendableRecordBatchStream> {
     let ctx = weir_engine::plan::session_with(true);
     let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("the default catalog is missing".into()))?;
     catalog.register_schema("live", Arc::new(LiveSchema { engine, tenant }))?;
+    if let Some(snapshots) = snapshots {
+        catalog.register_schema("public", snapshots)?;
+    }
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let frame = ctx.sql_with_options(sql, options).await?;
     Ok(frame.execute_stream().await?)

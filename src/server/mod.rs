@@ -8,6 +8,7 @@
 //!   GET    /v1/views/{view}              rows (JSON, or CSV with Accept: text/csv)
 //!   DELETE /v1/views/{view}              drop a view
 //!   GET    /v1/views/{view}/subscribe    Server-Sent Events: snapshot, then changes
+//!   POST   /v1/snapshots                 write every view to the lake now
 //!   POST   /v1/sql                       SQL over the live views {"sql": "SELECT … FROM live.view"}
 //!   GET    /v1/alerts                    alerts firing and recent state changes
 //!   GET    /v1/alerts/stream             Server-Sent Events: alert state changes
@@ -24,6 +25,7 @@ mod alerts;
 mod anomalies;
 pub mod error;
 mod ingest;
+mod snapshots;
 mod sql;
 mod tenants;
 mod views;
@@ -44,6 +46,7 @@ use crate::config::Config;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub alerting: Arc<crate::alerting::Alerting>,
+    pub lake: Arc<weir_lake::Lake>,
     pub config: Arc<Config>,
     /// Becomes true when the server is shutting down, ending long-lived streams.
     pub shutdown: watch::Receiver<bool>,
@@ -57,6 +60,7 @@ pub fn router(state: AppState, keys: Arc<crate::auth::Keys>) -> Router {
         .route("/v1/views/{view}", get(views::read).delete(views::drop))
         .route("/v1/views/{view}/subscribe", get(views::subscribe))
         .route("/v1/sql", post(sql::sql))
+        .route("/v1/snapshots", post(snapshots::take))
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/alerts/stream", get(alerts::stream))
         .route("/v1/anomalies", get(anomalies::list).post(anomalies::create))

@@ -7,6 +7,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
+
 use futures::StreamExt;
 use serde::Deserialize;
 
@@ -39,7 +41,7 @@ pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Pr
     } else {
         Format::Json
     };
-    let stream = weir_queries::live::query(app.engine.clone(), &request.sql, principal.tenant.clone()).await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string()))?;
+    let stream = weir_queries::live::query(app.engine.clone(), &request.sql, principal.tenant.clone(), snapshots(&app, &principal)).await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string()))?;
     let schema = stream.schema();
     // errors that only show when the query starts running are still the caller's: a 400
     let mut stream = stream;
@@ -67,6 +69,16 @@ pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Pr
         Format::Arrow => ARROW_STREAM,
     };
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
+}
+
+/// The latest snapshots as tables named after the views; not for tenant-scoped keys yet
+/// (their rows are not filtered in the scan).
+fn snapshots(app: &AppState, principal: &Principal) -> Option<Arc<dyn datafusion::catalog::SchemaProvider>> {
+    if principal.tenant.is_some() {
+        return None;
+    }
+    let views = app.engine.views().iter().map(|v| v.info.name.clone()).collect();
+    Some(Arc::new(weir_lake::SnapshotSchema::new(app.lake.clone(), views)))
 }
 
 /// Turns batches into the body's bytes, one chunk per batch.

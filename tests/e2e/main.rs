@@ -5,6 +5,7 @@ mod anomalies;
 mod auth;
 mod detect;
 mod quotas;
+mod snapshots;
 mod sql;
 mod weir;
 

@@ -1,0 +1,187 @@
+//! Weir's lake: consistent snapshots of every view as Delta Lake tables on object
+//! storage, readable by Weir's SQL and by any Delta reader.
+//!
+//! ```text
+//!   engine.capture() ── every view as of one epoch ──▶ for each view whose rows changed:
+//!        overwrite <lake>/<view>/ as a new Delta version, commit info {weir.epoch, weir.watermarks}
+//! ```
+//!
+//! A snapshot is consistent across views: all of its tables hold their view as of the
+//! same epoch. A view whose rows did not change since the last snapshot writes nothing.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use deltalake::datafusion::catalog::TableProvider;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use serde_json::json;
+use tokio::sync::Mutex;
+use weir_engine::dataflow::Capture;
+
+pub use url::Url;
+
+/// Errors writing or reading the lake.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Delta Lake could not read or write a table.
+    #[error("delta lake: {0}")]
+    Delta(#[from] DeltaTableError),
+    /// A view's rows could not be turned into Arrow.
+    #[error("{0}")]
+    Engine(#[from] weir_engine::Error),
+    /// DataFusion could not read a table.
+    #[error("{0}")]
+    DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
+    /// The location is not usable.
+    #[error("{0}")]
+    Location(String),
+}
+
+/// The lake's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What one snapshot wrote for one view.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TableWrite {
+    /// The view.
+    pub view: String,
+    /// The table's Delta version after the snapshot (unchanged if nothing was written).
+    pub version: Option<u64>,
+    /// Rows in the view.
+    pub rows: usize,
+    /// Whether a new version was written (false: the view had not changed).
+    pub written: bool,
+}
+
+/// What a snapshot did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Snapshot {
+    /// The epoch every table of the snapshot holds its view as of.
+    pub epoch: u64,
+    /// Per view.
+    pub tables: Vec<TableWrite>,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// The lake: a location (`file://`, …) with one Delta table per view.
+pub struct Lake {
+    root: Url,
+    /// Per view: a digest of the rows last written, and the table's version.
+    written: Mutex<HashMap<String, (u64, Option<u64>)>>,
+}
+
+impl Lake {
+    /// A lake at `root`, a directory URL (`file:///var/lib/weir/lake/`).
+    pub fn new(root: Url) -> Result<Lake> {
+        if root.scheme() != "file" {
+            return Err(Error::Location(format!("{root}: only file:// locations are supported so far")));
+        }
+        let root = if root.path().ends_with('/') { root } else { Url::parse(&format!("{root}/")).map_err(|e| Error::Location(e.to_string()))? };
+        Ok(Lake { root, written: Mutex::new(HashMap::new()) })
+    }
+
+    /// A lake in a local directory.
+    pub fn in_dir(dir: &std::path::Path) -> Result<Lake> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Location(format!("creating {}: {e}", dir.display())))?;
+        let dir = dir.canonicalize().map_err(|e| Error::Location(format!("{}: {e}", dir.display())))?;
+        Lake::new(Url::from_directory_path(&dir).map_err(|_| Error::Location(format!("{} is not an absolute path", dir.display())))?)
+    }
+
+    /// The URL of a view's table.
+    pub fn table_url(&self, view: &str) -> Result<Url> {
+        self.root.join(&format!("{view}/")).map_err(|e| Error::Location(e.to_string()))
+    }
+
+    /// Writes a captured cut of every view: a new version of each table whose view changed.
+    pub async fn snapshot(&self, capture: Capture) -> Result<Snapshot> {
+        let start = std::time::Instant::now();
+        let mut written = self.written.lock().await;
+        let mut tables = Vec::new();
+        let watermarks: serde_json::Map<String, serde_json::Value> = capture.watermarks.iter().map(|(s, w)| (s.clone(), json!(w))).collect();
+        for (info, rows) in capture.views {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            info.columns.iter().for_each(|c| (c.name.as_str(), c.data_type as u8).hash(&mut hasher));
+            rows.hash(&mut hasher);
+            let digest = hasher.finish();
+            if let Some((last, version)) = written.get(&info.name).filter(|(last, _)| *last == digest) {
+                let _ = last;
+                tables.push(TableWrite { view: info.name.clone(), version: *version, rows: rows.len(), written: false });
+                continue;
+            }
+            let batch = weir_engine::columnar::rows_to_batch(&info.columns, &rows)?;
+            let url = self.table_url(&info.name)?;
+            if let Ok(dir) = url.to_file_path() {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::Location(format!("creating {}: {e}", dir.display())))?;
+            }
+            let table = DeltaTable::try_from_url(url).await?;
+            let commit = CommitProperties::default().with_metadata([
+                ("weir.epoch".to_string(), json!(capture.epoch)),
+                ("weir.view".to_string(), json!(info.name)),
+                ("weir.watermarks".to_string(), serde_json::Value::Object(watermarks.clone())),
+            ]);
+            let table = table
+                .write(vec![batch])
+                .with_save_mode(SaveMode::Overwrite)
+                .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+                .with_commit_properties(commit)
+                .await?;
+            let version = table.version();
+            written.insert(info.name.clone(), (digest, version));
+            tables.push(TableWrite { view: info.name, version, rows: rows.len(), written: true });
+        }
+        Ok(Snapshot { epoch: capture.epoch, tables, seconds: start.elapsed().as_secs_f64() })
+    }
+
+    /// The latest snapshot of a view, as a DataFusion table, if one was written.
+    pub async fn table(&self, view: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let url = self.table_url(view)?;
+        let table = match deltalake::open_table(url).await {
+            Ok(t) => t,
+            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(table.table_provider().await?))
+    }
+}
+
+/// The latest snapshot of every view, as tables named after the views (opened when a
+/// query names them).
+pub struct SnapshotSchema {
+    lake: Arc<Lake>,
+    views: Vec<String>,
+}
+
+impl SnapshotSchema {
+    /// The tables of `views`.
+    pub fn new(lake: Arc<Lake>, views: Vec<String>) -> SnapshotSchema {
+        SnapshotSchema { lake, views }
+    }
+}
+
+impl std::fmt::Debug for SnapshotSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotSchema").field("views", &self.views).finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl deltalake::datafusion::catalog::SchemaProvider for SnapshotSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.views.clone()
+    }
+
+    async fn table(&self, name: &str) -> deltalake::datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        if !self.views.iter().any(|v| v == name) {
+            return Ok(None);
+        }
+        self.lake.table(name).await.map_err(|e| deltalake::datafusion::error::DataFusionError::External(Box::new(e)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.views.iter().any(|v| v == name)
+    }
+}

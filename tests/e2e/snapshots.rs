@@ -1,0 +1,93 @@
+//! Delta Lake snapshots: every view written as of one epoch, read back by an independent
+//! reader (the Python `deltalake` package) with the same rows Weir's SQL returns; an
+//! unchanged view writes nothing; the interval takes snapshots on its own.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::anomalies::minute_of_events;
+use crate::weir::Weir;
+
+/// Reads a Delta table with delta-rs's Python bindings: its version, rows (sorted) and
+/// the last commit's Weir metadata.
+fn read_delta(path: &std::path::Path) -> Value {
+    let script = r#"
+import json, sys
+from deltalake import DeltaTable
+t = DeltaTable(sys.argv[1])
+rows = t.to_pyarrow_table().to_pylist()
+for r in rows:
+    for k, v in r.items():
+        if hasattr(v, "isoformat"):
+            r[k] = v.isoformat()
+rows.sort(key=lambda r: json.dumps(r, sort_keys=True))
+info = t.history(1)[0]
+print(json.dumps({"version": t.version(), "rows": rows, "epoch": info.get("weir.epoch"), "watermarks": info.get("weir.watermarks")}), flush=True)
+# the bindings' runtime can abort at interpreter exit ("terminate called without an active exception")
+import os
+os._exit(0)
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(path).output().expect("python3");
+    assert!(out.status.success(), "the Python deltalake reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_delta_tables_an_independent_reader_agrees_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(dir.path(), &[("WEIR_SNAPSHOT__INTERVAL", "0s")]);
+    weir.create_view("CREATE VIEW per_minute AS SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, count(*) AS n, sum(value) AS total FROM events GROUP BY 1, 2").await;
+    weir.create_view("CREATE VIEW kinds AS SELECT kind, count(*) AS n FROM events GROUP BY kind").await;
+    let mut batch = minute_of_events("a", 0, 3);
+    batch.extend(minute_of_events("b", 1, 2));
+    let (_, receipt) = weir.ingest("events", &batch).await;
+    let epoch = receipt["epoch"].as_u64().unwrap();
+    weir.read("per_minute", epoch).await;
+
+    let snap: Value = weir.http.post(weir.url("/v1/snapshots")).send().await.unwrap().json().await.unwrap();
+    assert!(snap["epoch"].as_u64().unwrap() >= epoch, "{snap}");
+    let table = |name: &str| snap["tables"].as_array().unwrap().iter().find(|t| t["view"] == name).unwrap().clone();
+    assert_eq!((table("per_minute")["written"].as_bool(), table("per_minute")["version"].as_u64()), (Some(true), Some(0)));
+
+    let lake = dir.path().join("lake");
+    let delta = read_delta(&lake.join("per_minute"));
+    assert_eq!(delta["epoch"], snap["epoch"], "the commit records the snapshot's epoch");
+    assert!(delta["watermarks"]["events"].as_i64().is_some(), "{delta}");
+    // Weir's SQL over the snapshot sees the same rows
+    let (sql_rows, _) = weir_sql(&weir, "SELECT tenant, n, total FROM per_minute ORDER BY tenant").await;
+    let delta_rows: Vec<Value> = delta["rows"].as_array().unwrap().iter().map(|r| json!({"tenant": r["tenant"], "n": r["n"], "total": r["total"]})).collect();
+    assert_eq!(json!(sql_rows), json!(delta_rows));
+    assert_eq!(delta_rows, vec![json!({"tenant": "a", "n": 3, "total": 0.0}), json!({"tenant": "b", "n": 2, "total": 0.0})]);
+    // all views of one snapshot share its epoch
+    assert_eq!(read_delta(&lake.join("kinds"))["epoch"], snap["epoch"]);
+
+    // nothing changed: nothing is written
+    let again: Value = weir.http.post(weir.url("/v1/snapshots")).send().await.unwrap().json().await.unwrap();
+    assert!(again["tables"].as_array().unwrap().iter().all(|t| t["written"] == false), "{again}");
+
+    // more events: a new version, which the reader sees
+    let (_, receipt) = weir.ingest("events", &minute_of_events("c", 2, 4)).await;
+    weir.read("per_minute", receipt["epoch"].as_u64().unwrap()).await;
+    weir.http.post(weir.url("/v1/snapshots")).send().await.unwrap();
+    let delta = read_delta(&lake.join("per_minute"));
+    assert_eq!((delta["version"].as_u64(), delta["rows"].as_array().unwrap().len()), (Some(1), 3));
+    drop(weir);
+
+    // with an interval, snapshots happen by themselves
+    let weir = Weir::start(dir.path(), &[("WEIR_SNAPSHOT__INTERVAL", "500ms")]);
+    let (_, receipt) = weir.ingest("events", &minute_of_events("d", 3, 1)).await;
+    weir.read("per_minute", receipt["epoch"].as_u64().unwrap()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read_delta(&lake.join("per_minute"))["rows"].as_array().unwrap().len() < 4 {
+        assert!(Instant::now() < deadline, "no snapshot from the interval");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn weir_sql(weir: &Weir, sql: &str) -> (Vec<Value>, Value) {
+    let resp = weir.http.post(weir.url("/v1/sql")).json(&json!({ "sql": sql })).send().await.unwrap();
+    let body: Value = resp.json().await.unwrap();
+    (body["rows"].as_array().cloned().unwrap_or_default(), body)
+}
