@@ -68,6 +68,7 @@ pub struct Snapshot {
 }
 
 /// The lake: a location (`file://`, …) with one Delta table per view.
+#[derive(Debug)]
 pub struct Lake {
     root: Url,
     /// Per view: a digest of the rows last written, and the table's version.
@@ -183,5 +184,115 @@ impl deltalake::datafusion::catalog::SchemaProvider for SnapshotSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         self.views.iter().any(|v| v == name)
+    }
+}
+
+/// `snapshot('view', 'version', 3)` or `snapshot('view', 'timestamp', '2026-11-22T10:00:00Z')`
+/// (written `snapshot('view', version => 3)` in Weir's SQL, see [`named_arguments`]): an
+/// earlier snapshot of a view.
+#[derive(Debug)]
+pub struct SnapshotFunction {
+    lake: Arc<Lake>,
+}
+
+impl SnapshotFunction {
+    /// The function over this lake.
+    pub fn new(lake: Arc<Lake>) -> SnapshotFunction {
+        SnapshotFunction { lake }
+    }
+}
+
+enum AsOf {
+    Latest,
+    Version(u64),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl deltalake::datafusion::catalog::TableFunctionImpl for SnapshotFunction {
+    fn call_with_args(&self, args: deltalake::datafusion::catalog::TableFunctionArgs<'_, '_>) -> deltalake::datafusion::error::Result<Arc<dyn TableProvider>> {
+        use deltalake::datafusion::common::ScalarValue;
+        use deltalake::datafusion::error::DataFusionError;
+        use deltalake::datafusion::logical_expr::Expr;
+        let usage = || DataFusionError::Plan("use snapshot('view'), snapshot('view', version => 3) or snapshot('view', timestamp => '2026-11-22T10:00:00Z')".into());
+        let text = |e: &Expr| match e {
+            Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => Some(s.clone()),
+            _ => None,
+        };
+        let exprs = args.exprs();
+        let view = exprs.first().and_then(text).ok_or_else(usage)?;
+        let as_of = match exprs.get(1..).unwrap_or_default() {
+            [] => AsOf::Latest,
+            [key, Expr::Literal(value, _)] if text(key).as_deref() == Some("version") => {
+                let v = value.to_string().parse::<u64>().map_err(|_| usage())?;
+                AsOf::Version(v)
+            }
+            [key, value] if text(key).as_deref() == Some("timestamp") => {
+                let t = text(value).and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).ok_or_else(usage)?;
+                AsOf::Time(t.with_timezone(&chrono::Utc))
+            }
+            _ => return Err(usage()),
+        };
+        let url = self.lake.table_url(&view).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // planning is synchronous here; opening a table is not
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                let table = match as_of {
+                    AsOf::Latest => deltalake::open_table(url).await,
+                    AsOf::Version(v) => deltalake::open_table_with_version(url, v as _).await,
+                    AsOf::Time(t) => match deltalake::open_table(url).await {
+                        Ok(mut table) => table.load_with_datetime(t).await.map(|_| table),
+                        Err(e) => Err(e),
+                    },
+                }
+                .map_err(|e| DataFusionError::Plan(format!("snapshot of {view}: {e}")))?;
+                table.table_provider().await
+            })
+        })
+    }
+}
+
+/// Rewrites `name => value` arguments (which DataFusion does not take in table
+/// functions) to `'name', value`, outside string literals and quoted identifiers.
+pub fn named_arguments(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote: Option<char> = None;
+    let chars: Vec<char> = sql.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '=' && chars.get(i + 1) == Some(&'>') => {
+                // the identifier just before, possibly followed by spaces
+                let trimmed = out.trim_end().len();
+                let start = out[..trimmed].rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_')).map_or(0, |p| p + 1);
+                let name = out[start..trimmed].to_string();
+                out.truncate(start);
+                out.push_str(&format!("'{name}',"));
+                i += 2;
+                continue;
+            }
+            None => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn named_arguments_become_positional() {
+        assert_eq!(super::named_arguments("SELECT * FROM snapshot('v', version => 3)"), "SELECT * FROM snapshot('v', 'version', 3)");
+        assert_eq!(super::named_arguments("SELECT 'a => b' FROM snapshot('v', timestamp=>'x')"), "SELECT 'a => b' FROM snapshot('v', 'timestamp','x')");
     }
 }

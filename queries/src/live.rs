@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::catalog::{SchemaProvider, TableFunctionImpl, TableProvider};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SendableRecordBatchStream;
@@ -77,14 +77,20 @@ impl LiveSchema {
 
 /// Plans `sql` over the live views and starts it; the result arrives in batches.
 /// With `tenant`, the query sees that tenant's rows only, and views without a `tenant`
-/// column do not exist for it. `snapshots`, if given, is the default schema: tables named
-/// after the views, holding their latest snapshot.
-pub async fn query(engine: Arc<Engine>, sql: &str, tenant: Option<String>, snapshots: Option<Arc<dyn SchemaProvider>>) -> Result<SendableRecordBatchStream> {
+/// column do not exist for it. `snapshots`, if given, is the default schema (tables named
+/// after the views, holding their latest snapshot) and the `snapshot(…)` table function.
+pub async fn query(
+    engine: Arc<Engine>,
+    sql: &str,
+    tenant: Option<String>,
+    snapshots: Option<(Arc<dyn SchemaProvider>, Arc<dyn TableFunctionImpl>)>,
+) -> Result<SendableRecordBatchStream> {
     let ctx = weir_engine::plan::session_with(true);
     let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("the default catalog is missing".into()))?;
     catalog.register_schema("live", Arc::new(LiveSchema { engine, tenant }))?;
-    if let Some(snapshots) = snapshots {
-        catalog.register_schema("public", snapshots)?;
+    if let Some((schema, function)) = snapshots {
+        catalog.register_schema("public", schema)?;
+        ctx.register_udtf("snapshot", function);
     }
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let frame = ctx.sql_with_options(sql, options).await?;

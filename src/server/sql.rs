@@ -41,7 +41,7 @@ pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Pr
     } else {
         Format::Json
     };
-    let stream = weir_queries::live::query(app.engine.clone(), &request.sql, principal.tenant.clone(), snapshots(&app, &principal)).await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string()))?;
+    let stream = weir_queries::live::query(app.engine.clone(), &weir_lake::named_arguments(&request.sql), principal.tenant.clone(), snapshots(&app, &principal)).await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string()))?;
     let schema = stream.schema();
     // errors that only show when the query starts running are still the caller's: a 400
     let mut stream = stream;
@@ -73,12 +73,12 @@ pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Pr
 
 /// The latest snapshots as tables named after the views; not for tenant-scoped keys yet
 /// (their rows are not filtered in the scan).
-fn snapshots(app: &AppState, principal: &Principal) -> Option<Arc<dyn datafusion::catalog::SchemaProvider>> {
+fn snapshots(app: &AppState, principal: &Principal) -> Option<(Arc<dyn datafusion::catalog::SchemaProvider>, Arc<dyn datafusion::catalog::TableFunctionImpl>)> {
     if principal.tenant.is_some() {
         return None;
     }
     let views = app.engine.views().iter().map(|v| v.info.name.clone()).collect();
-    Some(Arc::new(weir_lake::SnapshotSchema::new(app.lake.clone(), views)))
+    Some((Arc::new(weir_lake::SnapshotSchema::new(app.lake.clone(), views)), Arc::new(weir_lake::SnapshotFunction::new(app.lake.clone()))))
 }
 
 /// Turns batches into the body's bytes, one chunk per batch.

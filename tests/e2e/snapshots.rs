@@ -73,6 +73,16 @@ async fn snapshots_are_delta_tables_an_independent_reader_agrees_with() {
     weir.http.post(weir.url("/v1/snapshots")).send().await.unwrap();
     let delta = read_delta(&lake.join("per_minute"));
     assert_eq!((delta["version"].as_u64(), delta["rows"].as_array().unwrap().len()), (Some(1), 3));
+    // time travel: the earlier version is still there, by version and by time
+    let (v0, body) = weir_sql(&weir, "SELECT count(*) AS n FROM snapshot('per_minute', version => 0)").await;
+    assert_eq!(v0, vec![json!({"n": 2})], "{body}");
+    let (latest, _) = weir_sql(&weir, "SELECT count(*) AS n FROM snapshot('per_minute')").await;
+    assert_eq!(latest, vec![json!({"n": 3})]);
+    let now = chrono_now();
+    let (by_time, body) = weir_sql(&weir, &format!("SELECT count(*) AS n FROM snapshot('per_minute', timestamp => '{now}')")).await;
+    assert_eq!(by_time, vec![json!({"n": 3})], "{body}");
+    let (_, bad) = weir_sql(&weir, "SELECT * FROM snapshot('per_minute', version => 99)").await;
+    assert_eq!(bad["code"], "invalid_sql", "{bad}");
     drop(weir);
 
     // with an interval, snapshots happen by themselves
@@ -84,6 +94,11 @@ async fn snapshots_are_delta_tables_an_independent_reader_agrees_with() {
         assert!(Instant::now() < deadline, "no snapshot from the interval");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn chrono_now() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    weir_engine::time::format_rfc3339_ms(ms)
 }
 
 async fn weir_sql(weir: &Weir, sql: &str) -> (Vec<Value>, Value) {
