@@ -183,7 +183,9 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./weir-data")
 }
 fn default_log() -> String {
-    "info".into()
+    // the Delta Lake kernel reports a table that does not exist yet as an error, and
+    // every table load at info
+    "info,buoyant_kernel=off,deltalake_core=warn".into()
 }
 fn default_max_body_bytes() -> usize {
     16 << 20

@@ -9,17 +9,21 @@
 //! A snapshot is consistent across views: all of its tables hold their view as of the
 //! same epoch. A view whose rows did not change since the last snapshot writes nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use deltalake::datafusion::catalog::TableProvider;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::datafusion::prelude::{col, lit};
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use serde_json::json;
 use tokio::sync::Mutex;
 use weir_engine::dataflow::Capture;
+use weir_engine::schema::{Column, DataType};
+use weir_engine::value::{Row, Value};
 
 pub use url::Url;
 
@@ -71,8 +75,26 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Lake {
     root: Url,
-    /// Per view: a digest of the rows last written, and the table's version.
-    written: Mutex<HashMap<String, (u64, Option<u64>)>>,
+    /// Per view: what was last written.
+    written: Mutex<HashMap<String, Written>>,
+}
+
+/// What the lake last wrote of a view: a digest of its schema, of each partition's rows,
+/// and the table's version.
+#[derive(Debug)]
+struct Written {
+    schema: u64,
+    partitions: HashMap<String, u64>,
+    version: Option<u64>,
+}
+
+/// The partition column of windowed views: the UTC date of their first timestamp column.
+pub const PARTITION: &str = "window_date";
+
+fn digest(value: &impl Hash) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Lake {
@@ -97,41 +119,68 @@ impl Lake {
         self.root.join(&format!("{view}/")).map_err(|e| Error::Location(e.to_string()))
     }
 
-    /// Writes a captured cut of every view: a new version of each table whose view changed.
+    /// Writes a captured cut of every view: a new version of each table whose view
+    /// changed. A windowed view (one with a timestamp column) is partitioned by the UTC
+    /// date of its first timestamp column, and only the partitions whose rows changed
+    /// are rewritten.
     pub async fn snapshot(&self, capture: Capture) -> Result<Snapshot> {
         let start = std::time::Instant::now();
         let mut written = self.written.lock().await;
         let mut tables = Vec::new();
         let watermarks: serde_json::Map<String, serde_json::Value> = capture.watermarks.iter().map(|(s, w)| (s.clone(), json!(w))).collect();
         for (info, rows) in capture.views {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            info.columns.iter().for_each(|c| (c.name.as_str(), c.data_type as u8).hash(&mut hasher));
-            rows.hash(&mut hasher);
-            let digest = hasher.finish();
-            if let Some((last, version)) = written.get(&info.name).filter(|(last, _)| *last == digest) {
-                let _ = last;
-                tables.push(TableWrite { view: info.name.clone(), version: *version, rows: rows.len(), written: false });
+            let window = info.columns.iter().position(|c| c.data_type == DataType::Timestamp);
+            let schema = digest(&info.columns.iter().map(|c| (c.name.as_str(), c.data_type as u8)).collect::<Vec<_>>());
+            // rows by partition ("" for views without a window)
+            let mut by_partition: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+            for row in rows.iter() {
+                let date = match window.map(|w| &row[w]) {
+                    Some(Value::Timestamp(ms)) => chrono::DateTime::from_timestamp_millis(*ms).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+                    _ => String::new(),
+                };
+                by_partition.entry(date).or_default().push(row.clone());
+            }
+            let partitions: HashMap<String, u64> = by_partition.iter().map(|(d, rows)| (d.clone(), digest(rows))).collect();
+            let previous = written.get(&info.name).filter(|w| w.schema == schema);
+            let changed: Vec<String> = match previous {
+                Some(p) => {
+                    let mut c: Vec<String> = partitions.iter().filter(|(d, h)| p.partitions.get(*d) != Some(h)).map(|(d, _)| d.clone()).collect();
+                    c.extend(p.partitions.keys().filter(|d| !partitions.contains_key(*d)).cloned());
+                    c
+                }
+                None => partitions.keys().cloned().collect(),
+            };
+            if previous.is_some() && changed.is_empty() {
+                tables.push(TableWrite { view: info.name.clone(), version: previous.and_then(|p| p.version), rows: rows.len(), written: false });
                 continue;
             }
-            let batch = weir_engine::columnar::rows_to_batch(&info.columns, &rows)?;
             let url = self.table_url(&info.name)?;
             if let Ok(dir) = url.to_file_path() {
                 std::fs::create_dir_all(&dir).map_err(|e| Error::Location(format!("creating {}: {e}", dir.display())))?;
             }
-            let table = DeltaTable::try_from_url(url).await?;
             let commit = CommitProperties::default().with_metadata([
                 ("weir.epoch".to_string(), json!(capture.epoch)),
                 ("weir.view".to_string(), json!(info.name)),
                 ("weir.watermarks".to_string(), serde_json::Value::Object(watermarks.clone())),
             ]);
-            let table = table
-                .write(vec![batch])
-                .with_save_mode(SaveMode::Overwrite)
-                .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
-                .with_commit_properties(commit)
-                .await?;
+            let table = DeltaTable::try_from_url(url).await?;
+            let to_write: Vec<Row> = changed.iter().filter_map(|d| by_partition.get(d)).flatten().cloned().collect();
+            let batch = batch_of(&info.columns, window, &to_write)?;
+            let mut write = table.write(vec![batch]).with_save_mode(SaveMode::Overwrite).with_commit_properties(commit);
+            if window.is_some() {
+                write = write.with_partition_columns([PARTITION]);
+            }
+            write = match (previous, window) {
+                // a known table: replace the changed partitions only
+                (Some(_), Some(_)) => {
+                    let dates = changed.iter().map(|d| lit(d.clone())).collect();
+                    write.with_replace_where(col(PARTITION).in_list(dates, false))
+                }
+                _ => write.with_schema_mode(SchemaMode::Overwrite),
+            };
+            let table = write.await?;
             let version = table.version();
-            written.insert(info.name.clone(), (digest, version));
+            written.insert(info.name.clone(), Written { schema, partitions, version });
             tables.push(TableWrite { view: info.name, version, rows: rows.len(), written: true });
         }
         Ok(Snapshot { epoch: capture.epoch, tables, seconds: start.elapsed().as_secs_f64() })
@@ -147,6 +196,24 @@ impl Lake {
         };
         Ok(Some(table.table_provider().await?))
     }
+}
+
+/// Rows as an Arrow batch, with the partition column for windowed views.
+fn batch_of(columns: &[Column], window: Option<usize>, rows: &[Row]) -> Result<deltalake::arrow::record_batch::RecordBatch> {
+    let Some(w) = window else { return Ok(weir_engine::columnar::rows_to_batch(columns, rows)?) };
+    let mut columns = columns.to_vec();
+    columns.push(Column::new(PARTITION, DataType::String, false));
+    let rows: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            let date = match &r[w] {
+                Value::Timestamp(ms) => chrono::DateTime::from_timestamp_millis(*ms).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+                _ => String::new(),
+            };
+            r.iter().cloned().chain([Value::str(&date)]).collect()
+        })
+        .collect();
+    Ok(weir_engine::columnar::rows_to_batch(&columns, &rows)?)
 }
 
 /// The latest snapshot of every view, as tables named after the views (opened when a
