@@ -221,13 +221,28 @@ fn batch_of(columns: &[Column], window: Option<usize>, rows: &[Row]) -> Result<d
 pub struct SnapshotSchema {
     lake: Arc<Lake>,
     views: Vec<String>,
+    tenant: Option<String>,
 }
 
 impl SnapshotSchema {
-    /// The tables of `views`.
-    pub fn new(lake: Arc<Lake>, views: Vec<String>) -> SnapshotSchema {
-        SnapshotSchema { lake, views }
+    /// The tables of `views`; with `tenant`, each holds that tenant's rows only.
+    pub fn new(lake: Arc<Lake>, views: Vec<String>, tenant: Option<String>) -> SnapshotSchema {
+        SnapshotSchema { lake, views, tenant }
     }
+}
+
+/// A table limited to one tenant's rows: the filter sits under everything the query
+/// does with the table, as a view's plan (`None` if the table has no `tenant` column).
+fn scoped(name: &str, provider: Arc<dyn TableProvider>, tenant: Option<&str>) -> deltalake::datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+    use deltalake::datafusion::catalog::view::ViewTable;
+    use deltalake::datafusion::datasource::provider_as_source;
+    use deltalake::datafusion::logical_expr::LogicalPlanBuilder;
+    let Some(tenant) = tenant else { return Ok(Some(provider)) };
+    if provider.schema().field_with_name("tenant").is_err() {
+        return Ok(None);
+    }
+    let plan = LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?.filter(col("tenant").eq(lit(tenant.to_string())))?.build()?;
+    Ok(Some(Arc::new(ViewTable::new(plan, None))))
 }
 
 impl std::fmt::Debug for SnapshotSchema {
@@ -246,7 +261,11 @@ impl deltalake::datafusion::catalog::SchemaProvider for SnapshotSchema {
         if !self.views.iter().any(|v| v == name) {
             return Ok(None);
         }
-        self.lake.table(name).await.map_err(|e| deltalake::datafusion::error::DataFusionError::External(Box::new(e)))
+        let table = self.lake.table(name).await.map_err(|e| deltalake::datafusion::error::DataFusionError::External(Box::new(e)))?;
+        match table {
+            Some(t) => scoped(name, t, self.tenant.as_deref()),
+            None => Ok(None),
+        }
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -260,12 +279,13 @@ impl deltalake::datafusion::catalog::SchemaProvider for SnapshotSchema {
 #[derive(Debug)]
 pub struct SnapshotFunction {
     lake: Arc<Lake>,
+    tenant: Option<String>,
 }
 
 impl SnapshotFunction {
-    /// The function over this lake.
-    pub fn new(lake: Arc<Lake>) -> SnapshotFunction {
-        SnapshotFunction { lake }
+    /// The function over this lake; with `tenant`, snapshots hold that tenant's rows only.
+    pub fn new(lake: Arc<Lake>, tenant: Option<String>) -> SnapshotFunction {
+        SnapshotFunction { lake, tenant }
     }
 }
 
@@ -301,6 +321,7 @@ impl deltalake::datafusion::catalog::TableFunctionImpl for SnapshotFunction {
         };
         let url = self.lake.table_url(&view).map_err(|e| DataFusionError::External(Box::new(e)))?;
         // planning is synchronous here; opening a table is not
+        let tenant = self.tenant.clone();
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async move {
                 let table = match as_of {
@@ -312,7 +333,18 @@ impl deltalake::datafusion::catalog::TableFunctionImpl for SnapshotFunction {
                     },
                 }
                 .map_err(|e| DataFusionError::Plan(format!("snapshot of {view}: {e}")))?;
-                table.table_provider().await
+                let provider = table.table_provider().await?;
+                // DataFusion names every table function's scan `snapshot()`: two calls in one
+                // query would look alike to the optimizer, so each is planned as a view over a
+                // scan named after its table and version
+                let name = format!("{view}@{}", table.version().map_or(String::from("empty"), |v| v.to_string()));
+                let scoped = scoped(&name, provider.clone(), tenant.as_deref())?
+                    .ok_or_else(|| DataFusionError::Plan(format!("the view {view} has no tenant column, so a tenant-scoped key cannot read it")))?;
+                if tenant.is_some() {
+                    return Ok(scoped);
+                }
+                let plan = deltalake::datafusion::logical_expr::LogicalPlanBuilder::scan(name, deltalake::datafusion::datasource::provider_as_source(provider), None)?.build()?;
+                Ok(Arc::new(deltalake::datafusion::catalog::view::ViewTable::new(plan, None)) as Arc<dyn TableProvider>)
             })
         })
     }

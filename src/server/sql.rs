@@ -71,14 +71,21 @@ pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Pr
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
 }
 
-/// The latest snapshots as tables named after the views; not for tenant-scoped keys yet
-/// (their rows are not filtered in the scan).
+/// The latest snapshots as tables named after the views, and `snapshot(…)`; for a
+/// tenant-scoped key, only views with a `tenant` column, holding its rows only.
 fn snapshots(app: &AppState, principal: &Principal) -> Option<(Arc<dyn datafusion::catalog::SchemaProvider>, Arc<dyn datafusion::catalog::TableFunctionImpl>)> {
-    if principal.tenant.is_some() {
-        return None;
-    }
-    let views = app.engine.views().iter().map(|v| v.info.name.clone()).collect();
-    Some((Arc::new(weir_lake::SnapshotSchema::new(app.lake.clone(), views)), Arc::new(weir_lake::SnapshotFunction::new(app.lake.clone()))))
+    let tenant = principal.tenant.clone();
+    let views = app
+        .engine
+        .views()
+        .iter()
+        .filter(|v| tenant.is_none() || v.info.columns.iter().any(|c| c.name == "tenant"))
+        .map(|v| v.info.name.clone())
+        .collect();
+    Some((
+        Arc::new(weir_lake::SnapshotSchema::new(app.lake.clone(), views, tenant.clone())),
+        Arc::new(weir_lake::SnapshotFunction::new(app.lake.clone(), tenant)),
+    ))
 }
 
 /// Turns batches into the body's bytes, one chunk per batch.

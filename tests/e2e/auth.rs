@@ -222,6 +222,25 @@ async fn keys_roles_and_tenant_isolation() {
         let text = got["rows"].to_string();
         assert!(!text.contains("globex") && !text.contains("initech"), "{scoped}: {text}");
     }
+    // the same corpus over the Delta snapshots, and through time travel
+    assert_eq!(call(&weir, Some("admin"), "POST", "/v1/snapshots", None).await.0, 200);
+    for template in CORPUS.iter().take(25) {
+        for (scoped_pm, scoped_bk, ref_pm, ref_bk) in [
+            ("per_minute", "by_kind", "per_minute_acme", "by_kind_acme"),
+            ("snapshot('per_minute', version => 0)", "snapshot('by_kind', version => 0)", "snapshot('per_minute_acme', version => 0)", "snapshot('by_kind_acme', version => 0)"),
+        ] {
+            let scoped = template.replace("{pm}", scoped_pm).replace("{bk}", scoped_bk);
+            let reference = template.replace("{pm}", ref_pm).replace("{bk}", ref_bk);
+            let (status, got) = sql(&weir, "cons-acme", &scoped).await;
+            assert_eq!(status, 200, "{scoped}: {got}");
+            let (_, want) = sql(&weir, "admin", &reference).await;
+            let want = want["rows"].to_string().replace("per_minute_acme", "per_minute").replace("by_kind_acme", "by_kind");
+            assert_eq!(got["rows"].to_string(), want, "{scoped}");
+            assert!(!got["rows"].to_string().contains("globex"), "{scoped}");
+        }
+    }
+    let (status, _) = sql(&weir, "cons-acme", "SELECT * FROM totals").await;
+    assert_eq!(status, 400, "a snapshot without a tenant column is not readable with a scoped key");
     let (status, _) = sql(&weir, "cons-acme", "SELECT * FROM live.totals").await;
     assert_eq!(status, 400, "a view without a tenant column is not readable with a scoped key");
     let (status, schema) = sql(&weir, "cons-acme", "SELECT table_name FROM information_schema.tables WHERE table_schema = 'live' ORDER BY 1").await;
