@@ -11,6 +11,8 @@
 //!   freshness                                    fixed offered load; ack → SSE subscriber latency
 //!   recovery                                     restart time with N events in the log
 //!   nexmark-q0, -q1, -q2, -q5, -q7               Nexmark bids through Nexmark queries as views
+//!   snapshot                                     Delta snapshots: full, then after 1% more events;
+//!                                                SQL latency over the snapshot table
 //! ```
 //!
 //! Events are generated (or read with `--input`) and encoded before the clock starts.
@@ -20,6 +22,7 @@ mod http;
 mod nexmark;
 mod quota;
 mod recovery;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +50,7 @@ pub const WORKLOADS: &[&str] = &[
     "nexmark-q2",
     "nexmark-q5",
     "nexmark-q7",
+    "snapshot",
 ];
 
 /// What to run.
@@ -71,9 +75,18 @@ pub struct Report {
     pub latency_ms: Option<Latency>,
     pub peak_rss_bytes: u64,
     pub cores: usize,
+    /// Bytes written, where it applies (snapshots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 impl Report {
+    /// The same, with the bytes it wrote.
+    pub fn with_bytes(mut self, bytes: u64) -> Report {
+        self.bytes = Some(bytes);
+        self
+    }
+
     /// A workload's result, with the process's memory and cores read now.
     pub fn new(workload: &str, events: usize, seconds: f64, mut latencies: Vec<Duration>) -> Report {
         Report {
@@ -85,6 +98,7 @@ impl Report {
             latency_ms: Latency::of(&mut latencies),
             peak_rss_bytes: peak_rss_bytes(),
             cores: cores(),
+            bytes: None,
         }
     }
 }
@@ -159,6 +173,25 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+fn print_row(report: &Report) {
+    let l = report.latency_ms.as_ref();
+    let ms = |f: fn(&Latency) -> f64| l.map(|l| format!("{:.2}", f(l))).unwrap_or_else(|| "-".into());
+    println!(
+        "{:<16} {:>10} {:>8.2} {:>14.0} {:>9} {:>9} {:>9} {:>7} MiB",
+        report.workload,
+        report.events,
+        report.seconds,
+        report.events_per_sec,
+        ms(|l| l.p50),
+        ms(|l| l.p99),
+        ms(|l| l.max),
+        report.peak_rss_bytes >> 20
+    );
+    if let Some(bytes) = report.bytes {
+        println!("{:<16} wrote {:.1} MiB", "", bytes as f64 / (1 << 20) as f64);
+    }
+}
+
 /// Runs the workloads, prints the table, writes the JSON report.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.workers != 1 {
@@ -179,32 +212,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     println!("{:<16} {:>10} {:>8} {:>14} {:>9} {:>9} {:>9} {:>10}", "workload", "events", "seconds", "events/s", "p50 ms", "p99 ms", "max ms", "peak RSS");
     for w in &workloads {
-        let report = match w.as_str() {
-            "engine-window" => engine::run(w, engine::WINDOW_SQL, &events)?,
-            "engine-hop" => engine::run(w, engine::HOP_SQL, &events)?,
-            "engine-distinct" => engine::run(w, engine::DISTINCT_SQL, &events)?,
-            "engine-quota" => runtime.block_on(quota::run(w, &events))?,
-            "engine-anomaly" => engine::run_on(w, bench_streams().remove(0), engine::WINDOW_SQL, Some(engine::DETECTOR), &events)?,
-            "ingest-http" => runtime.block_on(http::ingest(w, &events))?,
-            "freshness" => runtime.block_on(http::freshness(w, &events, args.rate))?,
-            "recovery" => runtime.block_on(recovery::run(w, &events))?,
-            w if w.starts_with("nexmark-") => nexmark::run(w, &bids)?,
+        let one = |r: Report| vec![r];
+        let results = match w.as_str() {
+            "engine-window" => one(engine::run(w, engine::WINDOW_SQL, &events)?),
+            "engine-hop" => one(engine::run(w, engine::HOP_SQL, &events)?),
+            "engine-distinct" => one(engine::run(w, engine::DISTINCT_SQL, &events)?),
+            "engine-quota" => one(runtime.block_on(quota::run(w, &events))?),
+            "engine-anomaly" => one(engine::run_on(w, bench_streams().remove(0), engine::WINDOW_SQL, Some(engine::DETECTOR), &events)?),
+            "ingest-http" => one(runtime.block_on(http::ingest(w, &events))?),
+            "freshness" => one(runtime.block_on(http::freshness(w, &events, args.rate))?),
+            "recovery" => one(runtime.block_on(recovery::run(w, &events))?),
+            "snapshot" => runtime.block_on(snapshot::run(&events))?,
+            w if w.starts_with("nexmark-") => one(nexmark::run(w, &bids)?),
             _ => unreachable!("checked above"),
         };
-        let l = report.latency_ms.as_ref();
-        let ms = |f: fn(&Latency) -> f64| l.map(|l| format!("{:.2}", f(l))).unwrap_or_else(|| "-".into());
-        println!(
-            "{:<16} {:>10} {:>8.2} {:>14.0} {:>9} {:>9} {:>9} {:>7} MiB",
-            report.workload,
-            report.events,
-            report.seconds,
-            report.events_per_sec,
-            ms(|l| l.p50),
-            ms(|l| l.p99),
-            ms(|l| l.max),
-            report.peak_rss_bytes >> 20
-        );
-        reports.push(report);
+        for report in results {
+            print_row(&report);
+            reports.push(report);
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&reports)?).with_context(|| format!("writing {}", path.display()))?;
