@@ -25,7 +25,11 @@ pub async fn snapshot(engine: &Engine, lake: &weir_lake::Lake) -> anyhow::Result
     let capture = engine.capture().await?;
     let snapshot = lake.snapshot(capture).await?;
     let written = snapshot.tables.iter().filter(|t| t.written).count();
-    tracing::info!(epoch = snapshot.epoch, written, unchanged = snapshot.tables.len() - written, seconds = snapshot.seconds, "snapshot");
+    if written > 0 {
+        tracing::info!(epoch = snapshot.epoch, written, unchanged = snapshot.tables.len() - written, seconds = snapshot.seconds, "snapshot");
+    } else {
+        tracing::debug!(epoch = snapshot.epoch, "snapshot: no view changed");
+    }
     Ok(snapshot)
 }
 
