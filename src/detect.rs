@@ -56,7 +56,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<()> {
     for s in &samples {
         let window = s.ts.div_euclid(window_ms) * window_ms;
         let score = scores.get(&window).copied().unwrap_or(0.0);
-        out.push_str(&format!("{},{},{score:.6}\n", csv_field(&s.raw_ts), csv_field(&s.raw_value)));
+        out.push_str(&format!("{},{},{score:.6}\n", crate::csv::field(&s.raw_ts), crate::csv::field(&s.raw_value)));
     }
     std::fs::write(&args.output, out).with_context(|| format!("writing {}", args.output.display()))?;
     eprintln!("scored {} rows in windows of {window_ms} ms with {} (baseline {} windows) → {}", samples.len(), args.method, args.baseline, args.output.display());
@@ -134,12 +134,12 @@ async fn score(samples: &[Sample], times: &[i64], window_ms: i64, args: &DetectA
 
 fn read_csv(text: &str) -> anyhow::Result<Vec<Sample>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = split(lines.next().context("the file is empty")?).iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+    let header: Vec<String> = crate::csv::split(lines.next().context("the file is empty")?).iter().map(|h| h.trim().to_ascii_lowercase()).collect();
     let col = |name: &str| header.iter().position(|h| h == name).with_context(|| format!("the header has no {name:?} column (it needs timestamp,value)"));
     let (t, v) = (col("timestamp")?, col("value")?);
     let mut samples = Vec::new();
     for (i, line) in lines.enumerate() {
-        let fields = split(line);
+        let fields = crate::csv::split(line);
         let raw_ts = fields.get(t).cloned().unwrap_or_default();
         let raw_value = fields.get(v).cloned().unwrap_or_default();
         let ts = parse_time(raw_ts.trim()).with_context(|| format!("line {}: cannot read the timestamp {raw_ts:?}", i + 2))?;
@@ -172,29 +172,6 @@ fn median_gap(times: &[i64]) -> Option<i64> {
     Some(gaps[gaps.len() / 2])
 }
 
-/// Splits a CSV line, honoring double quotes.
-fn split(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                fields.last_mut().expect("one field").push('"');
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(String::new()),
-            c => fields.last_mut().expect("one field").push(c),
-        }
-    }
-    fields
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +188,5 @@ mod tests {
     #[test]
     fn the_window_defaults_to_the_median_sampling_interval() {
         assert_eq!(median_gap(&[0, 300, 600, 900, 1000, 1300]), Some(300));
-        assert_eq!(split(r#"a,"b,c","d""e""#), vec!["a", "b,c", "d\"e"]);
     }
 }

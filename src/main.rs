@@ -4,6 +4,7 @@ mod alerting;
 mod auth;
 mod bench;
 mod config;
+mod csv;
 mod demo;
 mod detect;
 mod serve;

@@ -372,7 +372,6 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
             }
             return;
         }
-        let settings = quotas.settings();
         let mut receipts: Vec<Result<Receipt>> = Vec::with_capacity(group.len());
         let mut accepted: Vec<Vec<Event>> = vec![Vec::new(); streams.len()];
         // sizes of the accepted rows of metered streams, for the log
@@ -383,7 +382,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
         for sub in &group {
             let s = &streams[sub.stream];
             let checked = check(s, sub.stream, &state, &sub.decoded);
-            let refusal = checked.usage.iter().find_map(|(tenant, events, bytes)| state.ledger.check(tenant, &settings.plan(tenant), now, *events, *bytes));
+            let refusal = checked.usage.iter().find_map(|(tenant, events, bytes)| state.ledger.check(tenant, &quotas.plan(tenant), now, *events, *bytes));
             if let Some(refusal) = refusal {
                 // the whole request is refused; its events count as refused for their tenants
                 for (tenant, events, _) in &checked.usage {

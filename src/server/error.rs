@@ -34,16 +34,16 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        if let Error::QuotaExceeded(refusal) = &e {
-            let details = match serde_json::to_value(refusal.as_ref()) {
-                Ok(serde_json::Value::Object(map)) => Some(map),
-                _ => None,
-            };
-            let retry_after = Some(refusal.retry_after_s);
-            return ApiError { details, retry_after, ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string()) };
-        }
         let (status, code) = match &e {
-            Error::QuotaExceeded(_) => unreachable!("handled above"),
+            Error::QuotaExceeded(refusal) => {
+                // the body names the limit; Retry-After says when the window resets
+                let details = match serde_json::to_value(refusal.as_ref()) {
+                    Ok(serde_json::Value::Object(map)) => Some(map),
+                    _ => None,
+                };
+                let retry_after = Some(refusal.retry_after_s);
+                return ApiError { details, retry_after, ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string()) };
+            }
             Error::Sql(_) => (StatusCode::BAD_REQUEST, "invalid_sql"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),

@@ -6,6 +6,8 @@ use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
@@ -49,20 +51,27 @@ pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Pr
         Some(Err(e)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string())),
         first => first,
     };
-    let stream = futures::stream::iter(first).chain(stream);
-    let mut encoder = Encoder::new(format, schema);
-    let head = encoder.head();
-    let mut tail = Some(encoder.clone_tail());
-    let chunks = stream.map(move |batch| match batch {
-        Ok(batch) => encoder.batch(&batch),
-        Err(e) => {
-            tracing::warn!(error = %e, "a SQL query failed while streaming its result");
-            Err(std::io::Error::other(e.to_string()))
+    let batches = futures::stream::iter(first).chain(stream);
+    let encoder = Encoder::new(format, schema).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    // the head, a chunk per batch, the tail; an error mid-way ends the body early
+    let body = futures::stream::unfold((batches.boxed(), Some(encoder), true), |(mut batches, encoder, head)| async move {
+        let mut encoder = encoder?;
+        if head {
+            let bytes = encoder.head();
+            return Some((Ok(bytes), (batches, Some(encoder), false)));
+        }
+        match batches.next().await {
+            Some(Ok(batch)) => {
+                let chunk = encoder.batch(&batch);
+                Some((chunk, (batches, Some(encoder), false)))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "a SQL query failed while streaming its result");
+                Some((Err(std::io::Error::other(e.to_string())), (batches, None, false)))
+            }
+            None => Some((encoder.tail(), (batches, None, false))),
         }
     });
-    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head) })
-        .chain(chunks)
-        .chain(futures::stream::poll_fn(move |_| std::task::Poll::Ready(tail.take().map(Ok))));
     let content_type = match format {
         Format::Json => "application/json",
         Format::Csv => "text/csv; charset=utf-8",
@@ -93,14 +102,21 @@ struct Encoder {
     format: Format,
     schema: SchemaRef,
     rows: usize,
+    /// For Arrow: one IPC stream writer over a buffer drained after each message.
+    arrow: Option<StreamWriter<Vec<u8>>>,
 }
 
 impl Encoder {
-    fn new(format: Format, schema: SchemaRef) -> Encoder {
-        Encoder { format, schema, rows: 0 }
+    fn new(format: Format, schema: SchemaRef) -> Result<Encoder, ArrowError> {
+        let arrow = match format {
+            Format::Arrow => Some(StreamWriter::try_new(Vec::new(), &schema)?),
+            _ => None,
+        };
+        Ok(Encoder { format, schema, rows: 0, arrow })
     }
 
-    fn head(&self) -> Vec<u8> {
+    /// What comes before the first batch.
+    fn head(&mut self) -> Vec<u8> {
         match self.format {
             Format::Json => {
                 let columns: Vec<serde_json::Value> =
@@ -108,27 +124,16 @@ impl Encoder {
                 format!("{{\"columns\":{},\"rows\":[", serde_json::Value::Array(columns)).into_bytes()
             }
             Format::Csv => {
-                let names: Vec<String> = self.schema.fields().iter().map(|f| csv_field(f.name())).collect();
+                let names: Vec<String> = self.schema.fields().iter().map(|f| crate::csv::field(f.name())).collect();
                 format!("{}\n", names.join(",")).into_bytes()
             }
-            Format::Arrow => {
-                // the schema message: a writer over an empty stream
-                let mut out = Vec::new();
-                let writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, &self.schema).expect("writing to memory");
-                drop(writer);
-                out
-            }
+            // the schema message, written when the writer was made
+            Format::Arrow => self.drain(),
         }
     }
 
-    /// The bytes after the last batch.
-    fn clone_tail(&self) -> Vec<u8> {
-        match self.format {
-            Format::Json => b"]}".to_vec(),
-            Format::Csv => Vec::new(),
-            // the end-of-stream marker
-            Format::Arrow => vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
-        }
+    fn drain(&mut self) -> Vec<u8> {
+        self.arrow.as_mut().map(|w| std::mem::take(w.get_mut())).unwrap_or_default()
     }
 
     fn batch(&mut self, batch: &RecordBatch) -> std::io::Result<Vec<u8>> {
@@ -152,19 +157,26 @@ impl Encoder {
                 writer.write(batch).map_err(std::io::Error::other)?;
             }
             Format::Arrow => {
-                // a stream writer's output minus its schema message and end marker
-                let mut full = Vec::new();
-                let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut full, &self.schema).map_err(std::io::Error::other)?;
-                writer.write(batch).map_err(std::io::Error::other)?;
-                drop(writer);
-                let skip = self.head().len();
-                out.extend_from_slice(&full[skip..]);
+                if let Some(w) = self.arrow.as_mut() {
+                    w.write(batch).map_err(std::io::Error::other)?;
+                }
+                out = self.drain();
             }
         }
         Ok(out)
     }
-}
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    /// What comes after the last batch.
+    fn tail(&mut self) -> std::io::Result<Vec<u8>> {
+        match self.format {
+            Format::Json => Ok(b"]}".to_vec()),
+            Format::Csv => Ok(Vec::new()),
+            Format::Arrow => {
+                if let Some(w) = self.arrow.as_mut() {
+                    w.finish().map_err(std::io::Error::other)?;
+                }
+                Ok(self.drain())
+            }
+        }
+    }
 }

@@ -142,7 +142,7 @@ const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 fn to_csv(columns: &[Column], rows: &[Row]) -> String {
     let mut out = String::new();
-    let header: Vec<String> = columns.iter().map(|c| csv_field(&c.name)).collect();
+    let header: Vec<String> = columns.iter().map(|c| crate::csv::field(&c.name)).collect();
     out.push_str(&header.join(","));
     out.push('\n');
     for row in rows {
@@ -150,18 +150,14 @@ fn to_csv(columns: &[Column], rows: &[Row]) -> String {
             .iter()
             .map(|v| match weir_engine::json::value_to_json(v) {
                 Json_::Null => String::new(),
-                Json_::String(s) => csv_field(&s),
-                other => csv_field(&other.to_string()),
+                Json_::String(s) => crate::csv::field(&s),
+                other => crate::csv::field(&other.to_string()),
             })
             .collect();
         out.push_str(&fields.join(","));
         out.push('\n');
     }
     out
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 /// `GET /v1/views/{view}/subscribe`: a snapshot, then every change in epoch order.
