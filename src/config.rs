@@ -57,6 +57,31 @@ pub struct Config {
     /// `[snapshot]`: Delta Lake snapshots of the views.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// `[archive]`: the raw archive of every stream, in the lake.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+}
+
+/// `[archive]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Whether accepted events are archived (and the log truncated once they are).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often what was accepted is appended, e.g. `"5s"`.
+    #[serde(default)]
+    pub interval: Option<String>,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> ArchiveConfig {
+        ArchiveConfig { enabled: true, interval: None }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[snapshot]`
@@ -66,9 +91,31 @@ pub struct SnapshotConfig {
     /// How often every view is written, e.g. `"10s"`; `"0s"` writes only on `POST /v1/snapshots`.
     #[serde(default)]
     pub interval: Option<String>,
-    /// Where: a directory or a `file://` URL (default `<data_dir>/lake`).
+    /// Where: a directory, a `file://` URL, or an `s3://`, `gs://` or `az://` URL
+    /// (default `<data_dir>/lake`).
     #[serde(default)]
     pub location: Option<String>,
+    /// `[snapshot.storage]`: options of the object store (credentials, endpoint,
+    /// region, …), overriding the vendors' environment variables: e.g. `endpoint`,
+    /// `region`, `access_key_id`, `secret_access_key`, `allow_http` for S3.
+    #[serde(default)]
+    pub storage: std::collections::HashMap<String, toml::Value>,
+}
+
+impl SnapshotConfig {
+    /// The object store's options as strings (`allow_http = true` and `"true"` alike).
+    pub fn storage_options(&self) -> std::collections::HashMap<String, String> {
+        self.storage
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
 }
 
 /// `[quotas]`: the default plan, per-tenant overrides, the warning ratio.

@@ -86,6 +86,7 @@ async fn score(samples: &[Sample], times: &[i64], window_ms: i64, args: &DetectA
         segment_bytes: weir_engine::wal::SEGMENT_BYTES,
         quotas: Default::default(),
         detectors: vec![],
+        archive: None,
     })
     .await?;
     let (index, _) = engine.stream("series").expect("the stream was just declared");

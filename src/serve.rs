@@ -18,6 +18,7 @@ pub struct Running {
     pub engine: Arc<Engine>,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    archiver: Option<JoinHandle<()>>,
 }
 
 /// Writes every view to the lake as of one epoch.
@@ -35,10 +36,27 @@ pub async fn snapshot(engine: &Engine, lake: &weir_lake::Lake) -> anyhow::Result
 
 /// Opens the engine (recovering from the log) and starts serving HTTP.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let streams = config.streams()?;
-    let engine = Engine::open(EngineConfig { data_dir: config.data_dir.clone(), streams, views: config.view_definitions(), segment_bytes: config.wal.segment_bytes, quotas: config.quotas.settings(), detectors: config.anomalies.clone() })
-        .await
-        .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
+    let streams = weir_engine::engine::with_builtin_streams(config.streams()?);
+    let lake = Arc::new(match &config.snapshot.location {
+        Some(l) if l.contains("://") => weir_lake::Lake::new(weir_lake::Url::parse(l).with_context(|| format!("snapshot.location {l}"))?, config.snapshot.storage_options())?,
+        Some(l) => weir_lake::Lake::in_dir(std::path::Path::new(l))?,
+        None => weir_lake::Lake::in_dir(&config.data_dir.join("lake"))?,
+    });
+    let archive = match config.archive.enabled {
+        true => Some(Arc::new(weir_lake::archive::Archive::open(lake.clone(), &streams).await.with_context(|| format!("reading the archive in {}", lake.root()))?)),
+        false => None,
+    };
+    let engine = Engine::open(EngineConfig {
+        data_dir: config.data_dir.clone(),
+        streams,
+        views: config.view_definitions(),
+        segment_bytes: config.wal.segment_bytes,
+        quotas: config.quotas.settings(),
+        detectors: config.anomalies.clone(),
+        archive: archive.clone().map(|a| a as Arc<dyn weir_engine::archive::ArchiveSource>),
+    })
+    .await
+    .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
     let engine = Arc::new(engine);
     tracing::info!(events = engine.recovered_events(), data_dir = %config.data_dir.display(), "recovered");
 
@@ -47,11 +65,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let alerting = crate::alerting::Alerting::start(engine.clone(), &config.alerting)?;
     let keys = crate::auth::Keys::new(&config.auth, &address)?;
-    let lake = Arc::new(match &config.snapshot.location {
-        Some(l) if l.contains("://") => weir_lake::Lake::new(weir_lake::Url::parse(l).with_context(|| format!("snapshot.location {l}"))?)?,
-        Some(l) => weir_lake::Lake::in_dir(std::path::Path::new(l))?,
-        None => weir_lake::Lake::in_dir(&config.data_dir.join("lake"))?,
-    });
+    let archiver = match (&archive, engine.take_archive_feed()) {
+        (Some(archive), Some(feed)) => {
+            let every = weir_engine::time::parse_duration_ms(config.archive.interval.as_deref().unwrap_or("5s"))?.max(10);
+            let run = archive.clone().run(feed, engine.archive_progress().clone(), std::time::Duration::from_millis(every as u64), stop_rx.clone());
+            Some(tokio::spawn(run))
+        }
+        _ => None,
+    };
     let interval = weir_engine::time::parse_duration_ms(config.snapshot.interval.as_deref().unwrap_or("10s"))?;
     if interval > 0 {
         let (engine, lake, mut stopping) = (engine.clone(), lake.clone(), stop_rx.clone());
@@ -71,7 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         });
     }
-    let state = AppState { engine: engine.clone(), alerting, lake, config: Arc::new(config), shutdown: stop_rx.clone() };
+    let state = AppState { engine: engine.clone(), alerting, lake, archive, config: Arc::new(config), shutdown: stop_rx.clone() };
     let mut stopping = stop_rx;
     let server = tokio::spawn(
         axum::serve(listener, router(state, keys))
@@ -81,7 +102,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .into_future(),
     );
     tracing::info!(%address, "serving the HTTP API");
-    Ok(Running { address, engine, stop, server })
+    Ok(Running { address, engine, stop, server, archiver })
 }
 
 impl Running {
@@ -95,6 +116,12 @@ impl Running {
         let _ = self.stop.send(true);
         self.server.await.context("the HTTP server task failed")?.context("serving HTTP")?;
         self.engine.shutdown();
+        if let Some(archiver) = self.archiver {
+            // a last append of what is pending; what does not make it stays in the log
+            if tokio::time::timeout(std::time::Duration::from_secs(10), archiver).await.is_err() {
+                tracing::warn!("the archive's last append did not finish; the log keeps those events");
+            }
+        }
         Ok(())
     }
 }

@@ -91,6 +91,15 @@ pub fn ipc_to_rows(bytes: &[u8]) -> Result<Vec<Row>> {
 pub fn batch_to_rows(batch: &RecordBatch) -> Result<Vec<Row>> {
     let mut rows: Vec<Row> = (0..batch.num_rows()).map(|_| Vec::with_capacity(batch.num_columns())).collect();
     for array in batch.columns() {
+        // dictionary-encoded columns (Delta's partition columns, for one) are read as their values
+        let decoded;
+        let array = match array.data_type() {
+            ArrowType::Dictionary(_, values) => {
+                decoded = datafusion::arrow::compute::cast(array, values).map_err(|e| Error::Sql(e.to_string()))?;
+                &decoded
+            }
+            _ => array,
+        };
         for (i, row) in rows.iter_mut().enumerate() {
             row.push(value_at(array.as_ref(), i)?);
         }

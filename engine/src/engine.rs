@@ -23,7 +23,8 @@ use crate::quota::{Period, QuotaSettings, Quotas, QUOTA_USAGE, USAGE};
 use crate::schema::{Stream, EVENTS, REJECTED};
 use crate::store::{LiveView, ViewInfo, ViewStore};
 use crate::time::{parse_duration_ms, Epoch};
-use crate::wal::{Entry, Wal};
+use crate::wal::{Entry, Record, Wal};
+use crate::archive::{ArchiveSource, Epochs, Progress};
 
 /// What the engine needs to start.
 pub struct EngineConfig {
@@ -39,6 +40,9 @@ pub struct EngineConfig {
     pub quotas: QuotaSettings,
     /// Anomaly detectors from the configuration, started at every start.
     pub detectors: Vec<DetectorDefinition>,
+    /// The raw archive, if there is one: recovery reads the rows of deleted log segments
+    /// from it, and the log is truncated once archived (see [`crate::archive`]).
+    pub archive: Option<Arc<dyn ArchiveSource>>,
 }
 
 /// A running engine.
@@ -53,6 +57,26 @@ pub struct Engine {
     detectors: Mutex<BTreeMap<String, Running>>,
     data_dir: PathBuf,
     recovered_events: usize,
+    archive_feed: std::sync::Mutex<Option<Epochs>>,
+    archive_progress: Arc<Progress>,
+}
+
+/// The configured streams and the built-in ones: `events` and `rejected` (with default
+/// policies, unless configured), `alerts` and `usage`.
+pub fn with_builtin_streams(mut streams: Vec<Stream>) -> Vec<Stream> {
+    if !streams.iter().any(|s| s.name == EVENTS) {
+        streams.insert(0, Stream::events(crate::schema::TimePolicy::DEFAULT));
+    }
+    if !streams.iter().any(|s| s.name == REJECTED) {
+        streams.push(Stream::rejected(crate::schema::TimePolicy::DEFAULT));
+    }
+    if !streams.iter().any(|s| s.name == crate::schema::ALERTS) {
+        streams.push(Stream::alerts(crate::schema::TimePolicy { lateness_ms: 0, retention_ms: 30 * 86_400_000 }));
+    }
+    if !streams.iter().any(|s| s.name == USAGE) {
+        streams.push(crate::quota::usage_stream(crate::quota::USAGE_RETENTION_MS));
+    }
+    streams
 }
 
 /// A running detector.
@@ -64,20 +88,9 @@ struct Running {
 impl Engine {
     /// Opens the data directory, recovers every acknowledged event, and starts.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
-        let EngineConfig { data_dir, mut streams, views, segment_bytes, quotas, detectors } = config;
+        let EngineConfig { data_dir, streams, views, segment_bytes, quotas, detectors, archive } = config;
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
-        if !streams.iter().any(|s| s.name == EVENTS) {
-            streams.insert(0, Stream::events(crate::schema::TimePolicy::DEFAULT));
-        }
-        if !streams.iter().any(|s| s.name == REJECTED) {
-            streams.push(Stream::rejected(crate::schema::TimePolicy::DEFAULT));
-        }
-        if !streams.iter().any(|s| s.name == crate::schema::ALERTS) {
-            streams.push(Stream::alerts(crate::schema::TimePolicy { lateness_ms: 0, retention_ms: 30 * 86_400_000 }));
-        }
-        if !streams.iter().any(|s| s.name == USAGE) {
-            streams.push(crate::quota::usage_stream(crate::quota::USAGE_RETENTION_MS));
-        }
+        let streams = with_builtin_streams(streams);
         let quotas = Arc::new(Quotas::open(quotas, Some(&data_dir))?);
         let streams = Arc::new(streams);
         let catalog = Catalog::load(&data_dir)?;
@@ -87,6 +100,24 @@ impl Engine {
         let mut recovered: Vec<Vec<Event>> = vec![Vec::new(); streams.len()];
         let mut unknown = 0usize;
         let wal_dir = data_dir.join("wal");
+        let progress = Arc::new(Progress::new(&streams, archive.as_deref()));
+        // Rows of epochs whose log segments were deleted come from the archive.
+        if let Some(archive) = &archive
+            && let Some(first) = tokio::task::block_in_place(|| Wal::first_checkpoint(&wal_dir))?
+            && first.last_epoch > 0
+        {
+            for (i, s) in streams.iter().enumerate().filter(|(_, s)| !s.weighted) {
+                let watermark = first.watermarks.iter().find(|(n, _)| *n == s.name).map(|(_, w)| *w);
+                let Some(watermark) = watermark else { continue };
+                let rows = archive.load(s, first.last_epoch, watermark.saturating_sub(s.policy.retention_ms)).await?;
+                tracing::info!(stream = %s.name, rows = rows.len(), through_epoch = first.last_epoch, "recovering archived rows");
+                for row in &rows {
+                    recovered[i].push(state.admit(&streams, i, row));
+                }
+            }
+        }
+        // log records the archive does not have yet, by epoch, to be fed to it again
+        let mut unarchived: Vec<Vec<Record>> = Vec::new();
         let replay_streams = streams.clone();
         let mut replayed_events = false;
         let wal = tokio::task::block_in_place(|| {
@@ -111,6 +142,12 @@ impl Engine {
                             recovered[i].push(state.admit(&replay_streams, i, row));
                         } else {
                             unknown += 1;
+                        }
+                    }
+                    if archive.is_some() && !replay_streams[i].weighted && record.epoch > progress.through(&record.stream) {
+                        match unarchived.last_mut() {
+                            Some(group) if group[0].epoch == record.epoch => group.push(record),
+                            _ => unarchived.push(vec![record]),
                         }
                     }
                 }
@@ -146,8 +183,18 @@ impl Engine {
             dataflow_tx.send(Command::Ingest { epoch: last_epoch, batches }).map_err(|_| Error::ShuttingDown)?;
         }
 
-        let wal = wal;
-        let (gate, _thread) = start_gate(streams.clone(), state, wal, quotas.clone(), dataflow_tx.clone());
+        let (archive_tx, archive_rx) = tokio::sync::mpsc::unbounded_channel();
+        let archive_feed = match archive {
+            Some(_) => {
+                for group in unarchived {
+                    let _ = archive_tx.send(group);
+                }
+                Some(archive_rx)
+            }
+            None => None,
+        };
+        let archiving = archive_feed.as_ref().map(|_| (archive_tx, progress.clone()));
+        let (gate, _thread) = start_gate(streams.clone(), state, wal, quotas.clone(), dataflow_tx.clone(), archiving);
         let engine = Engine {
             planner: Planner::new(&streams)?,
             streams,
@@ -159,6 +206,8 @@ impl Engine {
             detectors: Mutex::new(BTreeMap::new()),
             data_dir: data_dir.clone(),
             recovered_events,
+            archive_feed: std::sync::Mutex::new(archive_feed),
+            archive_progress: progress,
         };
         engine.install_usage_views().await?;
         for def in views {
@@ -191,6 +240,18 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// The records of every committed epoch, in order, for the archive writer (once;
+    /// `None` without an archive). Records the log held but the archive lacked at start
+    /// come first.
+    pub fn take_archive_feed(&self) -> Option<Epochs> {
+        self.archive_feed.lock().expect("the archive feed lock").take()
+    }
+
+    /// Where the archive writer reports how far each stream is archived.
+    pub fn archive_progress(&self) -> &Arc<Progress> {
+        &self.archive_progress
     }
 
     /// The built-in views of tenant usage: `usage_per_{minute,hour,day,month}` in the

@@ -257,14 +257,18 @@ pub fn start_gate(
     wal: Wal,
     quotas: Arc<Quotas>,
     dataflow: Sender<Command>,
+    archive: Option<Archiving>,
 ) -> (GateHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("weir-ingest-gate".into())
-        .spawn(move || run_gate(streams, state, wal, quotas, rx, dataflow))
+        .spawn(move || run_gate(streams, state, wal, quotas, rx, dataflow, archive))
         .expect("spawning the ingest gate thread");
     (GateHandle { tx }, thread)
 }
+
+/// Where the gate hands committed records for archiving, and how far they are archived.
+pub type Archiving = (tokio::sync::mpsc::UnboundedSender<Vec<Record>>, Arc<crate::archive::Progress>);
 
 /// How often, at most, counted usage is handed to the dataflow's `usage` stream (the
 /// gate's own counts, which enforce quotas, are always current).
@@ -336,7 +340,7 @@ fn check<'a>(s: &Stream, stream: usize, state: &GateState, decoded: &'a Decoded)
     out
 }
 
-fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quotas: Arc<Quotas>, rx: Receiver<Submission>, dataflow: Sender<Command>) {
+fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quotas: Arc<Quotas>, rx: Receiver<Submission>, dataflow: Sender<Command>, archive: Option<Archiving>) {
     let rejected_stream = streams.iter().position(|s| s.name == REJECTED).expect("the rejected stream exists");
     let usage_stream = streams.iter().position(|s| s.weighted);
     loop {
@@ -413,6 +417,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
             receipts.push(Ok(receipt));
         }
         let mut batches = Vec::new();
+        let mut to_archive = Vec::new();
         for (i, events) in accepted.into_iter().enumerate() {
             if events.is_empty() {
                 continue;
@@ -422,6 +427,9 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
             let record = Record { epoch, stream: streams[i].name.clone(), max_ts, rows: events.iter().map(|e| e.row.clone()).collect(), sizes };
             if let Err(e) = wal.append(&record) {
                 failed = Some(e.to_string());
+            }
+            if archive.is_some() && !streams[i].weighted {
+                to_archive.push(record);
             }
             batches.push(Batch { epoch, stream: i, events, watermark: state.watermarks[i] });
         }
@@ -449,7 +457,22 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
         }
         state.last_epoch = epoch;
         state.prune(&streams);
-        if let Err(e) = wal.truncate(|stream, max_ts| state.expired(&streams, stream, max_ts)) {
+        if let Some((feed, _)) = &archive
+            && !to_archive.is_empty()
+        {
+            // the archive writer may be gone at shutdown; the log keeps the records
+            let _ = feed.send(to_archive);
+        }
+        // With an archive, a segment goes once archived (the archive is the history);
+        // without, once its events have left retention.
+        let truncated = match &archive {
+            Some((_, progress)) => wal.truncate(|stream, _, max_epoch| match streams.iter().find(|s| s.name == stream) {
+                Some(s) if !s.weighted => max_epoch <= progress.through(stream),
+                _ => true,
+            }),
+            None => wal.truncate(|stream, max_ts, _| state.expired(&streams, stream, max_ts)),
+        };
+        if let Err(e) = truncated {
             // the segments stay; the next commit tries again
             tracing::warn!(error = %e, "could not delete expired log segments");
         }

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod anomaly;
+pub mod archive;
 pub mod catalog;
 pub mod columnar;
 pub mod dataflow;

@@ -66,10 +66,12 @@ pub enum Entry {
     Events(Record),
 }
 
-/// A segment that is no longer written to, with the largest event time per stream.
+/// A segment that is no longer written to, with the largest event time per stream and
+/// its last epoch.
 struct Sealed {
     number: u64,
     max_ts: Vec<(String, i64)>,
+    max_epoch: Epoch,
 }
 
 fn note_max(max_ts: &mut Vec<(String, i64)>, stream: &str, ts: i64) {
@@ -88,6 +90,7 @@ pub struct Wal {
     buffer: Vec<u8>,
     sealed: Vec<Sealed>,
     active_max_ts: Vec<(String, i64)>,
+    active_max_epoch: Epoch,
     segment_bytes: u64,
 }
 
@@ -118,17 +121,21 @@ impl Wal {
         let last = all.last().copied();
         let mut sealed = Vec::new();
         let mut active_max_ts = Vec::new();
+        let mut active_max_epoch = 0;
         for &n in &all {
             let path = segment_path(dir, n);
             let mut max_ts = Vec::new();
+            let mut max_epoch = 0;
             let valid = read_segment(&path, Some(n) == last, &mut |entry| {
                 if let Entry::Events(r) = &entry {
                     note_max(&mut max_ts, &r.stream, r.max_ts);
+                    max_epoch = max_epoch.max(r.epoch);
                 }
                 replay(entry)
             })?;
             if Some(n) == last {
                 active_max_ts = max_ts;
+                active_max_epoch = max_epoch;
                 let len = fs::metadata(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
                 if valid < len {
                     tracing::warn!(segment = %path.display(), valid, len, "cutting a torn record from the end of the log");
@@ -137,14 +144,14 @@ impl Wal {
                     f.sync_all().map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
                 }
             } else {
-                sealed.push(Sealed { number: n, max_ts });
+                sealed.push(Sealed { number: n, max_ts, max_epoch });
             }
         }
         let segment = last.unwrap_or(1);
         let path = segment_path(dir, segment);
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let written = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
-        let mut wal = Wal { dir: dir.to_path_buf(), file, segment, written, buffer: Vec::new(), sealed, active_max_ts, segment_bytes };
+        let mut wal = Wal { dir: dir.to_path_buf(), file, segment, written, buffer: Vec::new(), sealed, active_max_ts, active_max_epoch, segment_bytes };
         if written == 0 {
             // a new (or emptied) log starts with the empty state
             wal.write_checkpoint(&Checkpoint::default())?;
@@ -174,6 +181,7 @@ impl Wal {
     /// Adds a record to the pending group; nothing is durable until [`Wal::commit`].
     pub fn append(&mut self, record: &Record) -> Result<()> {
         note_max(&mut self.active_max_ts, &record.stream, record.max_ts);
+        self.active_max_epoch = self.active_max_epoch.max(record.epoch);
         self.frame(&EntryRef::Events(record))
     }
 
@@ -201,7 +209,8 @@ impl Wal {
 
     fn rotate(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         let max_ts = std::mem::take(&mut self.active_max_ts);
-        self.sealed.push(Sealed { number: self.segment, max_ts });
+        let max_epoch = std::mem::take(&mut self.active_max_epoch);
+        self.sealed.push(Sealed { number: self.segment, max_ts, max_epoch });
         self.segment += 1;
         let path = segment_path(&self.dir, self.segment);
         self.file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -210,19 +219,50 @@ impl Wal {
         sync_dir(&self.dir)
     }
 
-    /// Deletes the oldest sealed segments whose every event is expired, as
-    /// `expired(stream, max_ts)` says; returns how many were deleted.
-    pub fn truncate(&mut self, expired: impl Fn(&str, i64) -> bool) -> Result<usize> {
-        let deletable = self.sealed.iter().take_while(|s| s.max_ts.iter().all(|(stream, ts)| expired(stream, *ts))).count();
+    /// Deletes the oldest sealed segments that are no longer needed: those whose every
+    /// stream's events `done(stream, max_ts, max_epoch)` says are (expired, or archived,
+    /// given their largest event time and the segment's last epoch); returns how many
+    /// were deleted.
+    pub fn truncate(&mut self, done: impl Fn(&str, i64, Epoch) -> bool) -> Result<usize> {
+        let deletable = self.sealed.iter().take_while(|s| s.max_ts.iter().all(|(stream, ts)| done(stream, *ts, s.max_epoch))).count();
         for s in self.sealed.drain(..deletable) {
             let path = segment_path(&self.dir, s.number);
             fs::remove_file(&path).map_err(|e| Error::io(format!("deleting {}", path.display()), e))?;
-            tracing::info!(segment = %path.display(), "deleted a log segment whose events have all left retention");
+            tracing::info!(segment = %path.display(), "deleted a log segment that is no longer needed");
         }
         if deletable > 0 {
             sync_dir(&self.dir)?;
         }
         Ok(deletable)
+    }
+
+    /// The checkpoint the log in `dir` starts from (the first entry of its oldest
+    /// segment), if there is a log: every epoch up to its `last_epoch` was in segments
+    /// that have been deleted.
+    pub fn first_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let Some(&first) = segments(dir)?.first() else { return Ok(None) };
+        let path = segment_path(dir, first);
+        let file = File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut reader = BufReader::new(file);
+        let mut header = [0u8; 8];
+        if read_full(&mut reader, &mut header).map_err(|e| Error::io(format!("reading {}", path.display()), e))? < 8 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_RECORD {
+            return Ok(None);
+        }
+        let mut payload = vec![0; len];
+        if read_full(&mut reader, &mut payload).map_err(|e| Error::io(format!("reading {}", path.display()), e))? < len || crc32fast::hash(&payload) != u32::from_le_bytes(header[4..].try_into().expect("4 bytes")) {
+            return Ok(None);
+        }
+        match bincode::deserialize(&payload) {
+            Ok(Entry::Checkpoint(c)) => Ok(Some(c)),
+            _ => Ok(None),
+        }
     }
 
     /// How many segment files the log has.
@@ -370,7 +410,7 @@ mod tests {
         }
         assert_eq!(wal.segments(), 4);
         // segment 2 (max 500) is not expired: only segment 1 may go, though 3 could
-        assert_eq!(wal.truncate(|_, ts| ts < 300).unwrap(), 1);
+        assert_eq!(wal.truncate(|_, ts, _| ts < 300).unwrap(), 1);
         assert_eq!(wal.segments(), 3);
         drop(wal);
         let mut entries = Vec::new();

@@ -18,12 +18,15 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::datafusion::prelude::{col, lit};
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use serde_json::json;
 use tokio::sync::Mutex;
 use weir_engine::dataflow::Capture;
 use weir_engine::schema::{Column, DataType};
 use weir_engine::value::{Row, Value};
+
+pub mod archive;
+pub mod cloud;
 
 pub use url::Url;
 
@@ -75,6 +78,8 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Lake {
     root: Url,
+    /// Storage options (credentials, endpoint, …) for every table.
+    options: HashMap<String, String>,
     /// Per view: what was last written.
     written: Mutex<HashMap<String, Written>>,
 }
@@ -98,20 +103,63 @@ fn digest(value: &impl Hash) -> u64 {
 }
 
 impl Lake {
-    /// A lake at `root`, a directory URL (`file:///var/lib/weir/lake/`).
-    pub fn new(root: Url) -> Result<Lake> {
-        if root.scheme() != "file" {
-            return Err(Error::Location(format!("{root}: only file:// locations are supported so far")));
+    /// A lake at `root`, a directory URL (`file:///var/lib/weir/lake/`,
+    /// `s3://bucket/weir/`, `gs://…`, `az://…`), with storage `options` (credentials,
+    /// endpoint, …: see [`cloud`]).
+    pub fn new(root: Url, options: HashMap<String, String>) -> Result<Lake> {
+        if root.scheme() != "file" && !cloud::SCHEMES.contains(&root.scheme()) {
+            return Err(Error::Location(format!("{root}: the lake's location must be a directory, a file:// URL, or an s3://, gs:// or az:// URL")));
         }
+        cloud::register();
         let root = if root.path().ends_with('/') { root } else { Url::parse(&format!("{root}/")).map_err(|e| Error::Location(e.to_string()))? };
-        Ok(Lake { root, written: Mutex::new(HashMap::new()) })
+        Ok(Lake { root, options, written: Mutex::new(HashMap::new()) })
+    }
+
+    /// The lake's location.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// A table at `url` with the lake's storage options, not loaded.
+    fn builder(&self, url: Url) -> Result<DeltaTableBuilder> {
+        Ok(DeltaTableBuilder::from_url(url)?.with_storage_options(self.options.clone()))
+    }
+
+    /// The table at `url`, loaded (or empty if there is none yet).
+    async fn open_or_new(&self, url: Url) -> Result<DeltaTable> {
+        if let Ok(dir) = url.to_file_path() {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Location(format!("creating {}: {e}", dir.display())))?;
+        }
+        let mut table = self.builder(url)?.build()?;
+        match table.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The table at `url` as of `as_of`, `None` if there is no table there.
+    async fn open(&self, url: Url, as_of: AsOf) -> Result<Option<DeltaTable>> {
+        if url.to_file_path().is_ok_and(|dir| !dir.join("_delta_log").exists()) && matches!(as_of, AsOf::Latest) {
+            return Ok(None);
+        }
+        let builder = self.builder(url)?;
+        let builder = match as_of {
+            AsOf::Latest => builder,
+            AsOf::Version(v) => builder.with_version(v as _),
+            AsOf::Time(t) => builder.with_timestamp(t),
+        };
+        match builder.load().await {
+            Ok(t) => Ok(Some(t)),
+            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) if matches!(as_of, AsOf::Latest) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A lake in a local directory.
     pub fn in_dir(dir: &std::path::Path) -> Result<Lake> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Location(format!("creating {}: {e}", dir.display())))?;
         let dir = dir.canonicalize().map_err(|e| Error::Location(format!("{}: {e}", dir.display())))?;
-        Lake::new(Url::from_directory_path(&dir).map_err(|_| Error::Location(format!("{} is not an absolute path", dir.display())))?)
+        Lake::new(Url::from_directory_path(&dir).map_err(|_| Error::Location(format!("{} is not an absolute path", dir.display())))?, HashMap::new())
     }
 
     /// The URL of a view's table.
@@ -155,15 +203,12 @@ impl Lake {
                 continue;
             }
             let url = self.table_url(&info.name)?;
-            if let Ok(dir) = url.to_file_path() {
-                std::fs::create_dir_all(&dir).map_err(|e| Error::Location(format!("creating {}: {e}", dir.display())))?;
-            }
             let commit = CommitProperties::default().with_metadata([
                 ("weir.epoch".to_string(), json!(capture.epoch)),
                 ("weir.view".to_string(), json!(info.name)),
                 ("weir.watermarks".to_string(), serde_json::Value::Object(watermarks.clone())),
             ]);
-            let table = DeltaTable::try_from_url(url).await?;
+            let table = self.open_or_new(url).await?;
             let to_write: Vec<Row> = changed.iter().filter_map(|d| by_partition.get(d)).flatten().cloned().collect();
             let batch = batch_of(&info.columns, window, &to_write)?;
             let mut write = table.write(vec![batch]).with_save_mode(SaveMode::Overwrite).with_commit_properties(commit);
@@ -188,13 +233,10 @@ impl Lake {
 
     /// The latest snapshot of a view, as a DataFusion table, if one was written.
     pub async fn table(&self, view: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let url = self.table_url(view)?;
-        let table = match deltalake::open_table(url).await {
-            Ok(t) => t,
-            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Some(table.table_provider().await?))
+        match self.open(self.table_url(view)?, AsOf::Latest).await? {
+            Some(table) => Ok(Some(table.table_provider().await?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -216,18 +258,31 @@ fn batch_of(columns: &[Column], window: Option<usize>, rows: &[Row]) -> Result<d
     Ok(weir_engine::columnar::rows_to_batch(&columns, &rows)?)
 }
 
-/// The latest snapshot of every view, as tables named after the views (opened when a
-/// query names them).
+/// Tables of the lake by name (opened when a query names them): the latest snapshot
+/// of every view, named after the view, and the streams' archives.
 pub struct SnapshotSchema {
     lake: Arc<Lake>,
-    views: Vec<String>,
+    tables: Vec<(String, Url)>,
     tenant: Option<String>,
 }
 
 impl SnapshotSchema {
-    /// The tables of `views`; with `tenant`, each holds that tenant's rows only.
-    pub fn new(lake: Arc<Lake>, views: Vec<String>, tenant: Option<String>) -> SnapshotSchema {
-        SnapshotSchema { lake, views, tenant }
+    /// The snapshots of `views`; with `tenant`, each holds that tenant's rows only.
+    pub fn new(lake: Arc<Lake>, views: Vec<String>, tenant: Option<String>) -> Result<SnapshotSchema> {
+        let tables = views.into_iter().map(|v| lake.table_url(&v).map(|url| (v, url))).collect::<Result<_>>()?;
+        Ok(SnapshotSchema { lake, tables, tenant })
+    }
+
+    /// Adds the archives of `streams` under their stream's name, except where a view
+    /// has that name.
+    pub fn with_archives(mut self, archive: &archive::Archive, streams: Vec<String>) -> Result<SnapshotSchema> {
+        for stream in streams {
+            if !self.tables.iter().any(|(n, _)| *n == stream) {
+                let url = archive.table_url(&stream)?;
+                self.tables.push((stream, url));
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -247,29 +302,27 @@ fn scoped(name: &str, provider: Arc<dyn TableProvider>, tenant: Option<&str>) ->
 
 impl std::fmt::Debug for SnapshotSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotSchema").field("views", &self.views).finish_non_exhaustive()
+        f.debug_struct("SnapshotSchema").field("tables", &self.tables).finish_non_exhaustive()
     }
 }
 
 #[async_trait::async_trait]
 impl deltalake::datafusion::catalog::SchemaProvider for SnapshotSchema {
     fn table_names(&self) -> Vec<String> {
-        self.views.clone()
+        self.tables.iter().map(|(n, _)| n.clone()).collect()
     }
 
     async fn table(&self, name: &str) -> deltalake::datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        if !self.views.iter().any(|v| v == name) {
-            return Ok(None);
-        }
-        let table = self.lake.table(name).await.map_err(|e| deltalake::datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let Some((_, url)) = self.tables.iter().find(|(n, _)| n == name) else { return Ok(None) };
+        let table = self.lake.open(url.clone(), AsOf::Latest).await.map_err(|e| deltalake::datafusion::error::DataFusionError::External(Box::new(e)))?;
         match table {
-            Some(t) => scoped(name, t, self.tenant.as_deref()),
+            Some(t) => scoped(name, t.table_provider().await?, self.tenant.as_deref()),
             None => Ok(None),
         }
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.views.iter().any(|v| v == name)
+        self.tables.iter().any(|(n, _)| n == name)
     }
 }
 
@@ -289,6 +342,7 @@ impl SnapshotFunction {
     }
 }
 
+#[derive(Clone, Copy)]
 enum AsOf {
     Latest,
     Version(u64),
@@ -322,17 +376,14 @@ impl deltalake::datafusion::catalog::TableFunctionImpl for SnapshotFunction {
         let url = self.lake.table_url(&view).map_err(|e| DataFusionError::External(Box::new(e)))?;
         // planning is synchronous here; opening a table is not
         let tenant = self.tenant.clone();
+        let lake = self.lake.clone();
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async move {
-                let table = match as_of {
-                    AsOf::Latest => deltalake::open_table(url).await,
-                    AsOf::Version(v) => deltalake::open_table_with_version(url, v as _).await,
-                    AsOf::Time(t) => match deltalake::open_table(url).await {
-                        Ok(mut table) => table.load_with_datetime(t).await.map(|_| table),
-                        Err(e) => Err(e),
-                    },
-                }
-                .map_err(|e| DataFusionError::Plan(format!("snapshot of {view}: {e}")))?;
+                let table = lake
+                    .open(url, as_of)
+                    .await
+                    .map_err(|e| DataFusionError::Plan(format!("snapshot of {view}: {e}")))?
+                    .ok_or_else(|| DataFusionError::Plan(format!("snapshot of {view}: no snapshot has been written")))?;
                 let provider = table.table_provider().await?;
                 // DataFusion names every table function's scan `snapshot()`: two calls in one
                 // query would look alike to the optimizer, so each is planned as a view over a

@@ -75,22 +75,36 @@ impl LiveSchema {
     }
 }
 
+/// The lake's tables for a query: the default schema (`public`: snapshots by view
+/// name, archives by stream name), the `archive` schema, and `snapshot(…)`.
+pub struct LakeTables {
+    /// The default schema.
+    pub public: Arc<dyn SchemaProvider>,
+    /// `archive.<stream>`, if there is an archive.
+    pub archive: Option<Arc<dyn SchemaProvider>>,
+    /// The time-travel table function.
+    pub snapshot: Arc<dyn TableFunctionImpl>,
+}
+
 /// Plans `sql` over the live views and starts it; the result arrives in batches.
 /// With `tenant`, the query sees that tenant's rows only, and views without a `tenant`
-/// column do not exist for it. `snapshots`, if given, is the default schema (tables named
-/// after the views, holding their latest snapshot) and the `snapshot(…)` table function.
+/// column do not exist for it. `lake`, if given, adds the lake's tables (snapshots,
+/// archives) and the `snapshot(…)` table function.
 pub async fn query(
     engine: Arc<Engine>,
     sql: &str,
     tenant: Option<String>,
-    snapshots: Option<(Arc<dyn SchemaProvider>, Arc<dyn TableFunctionImpl>)>,
+    lake: Option<LakeTables>,
 ) -> Result<SendableRecordBatchStream> {
     let ctx = weir_engine::plan::session_with(true);
     let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("the default catalog is missing".into()))?;
     catalog.register_schema("live", Arc::new(LiveSchema { engine, tenant }))?;
-    if let Some((schema, function)) = snapshots {
-        catalog.register_schema("public", schema)?;
-        ctx.register_udtf("snapshot", function);
+    if let Some(lake) = lake {
+        catalog.register_schema("public", lake.public)?;
+        if let Some(archive) = lake.archive {
+            catalog.register_schema("archive", archive)?;
+        }
+        ctx.register_udtf("snapshot", lake.snapshot);
     }
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let frame = ctx.sql_with_options(sql, options).await?;

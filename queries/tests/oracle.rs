@@ -156,7 +156,7 @@ async fn check(batches: Vec<(Vec<GenEvent>, Vec<GenOrder>)>) -> Result<(), TestC
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
     let views = VIEWS.iter().map(|(name, select)| ViewDefinition { sql: format!("CREATE VIEW {name} AS {select}"), lateness: None, retention: None }).collect();
-    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![orders_stream()], views, segment_bytes: SEGMENT_BYTES, quotas: Default::default(), detectors: vec![] };
+    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![orders_stream()], views, segment_bytes: SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None };
     let engine = Engine::open(config).await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
     let (orders_index, _) = engine.stream("orders").unwrap();
@@ -217,7 +217,7 @@ proptest! {
 async fn late_views_and_restarts_see_every_accepted_event() {
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
-    let open = || Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views: vec![], segment_bytes: SEGMENT_BYTES, quotas: Default::default(), detectors: vec![] });
+    let open = || Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views: vec![], segment_bytes: SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None });
     let engine = open().await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
     let sample: Vec<GenEvent> = (0..40)

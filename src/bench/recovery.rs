@@ -18,7 +18,7 @@ use super::{bench_streams, Report};
 const BATCH: usize = 10_000;
 
 async fn open(dir: &std::path::Path) -> anyhow::Result<Engine> {
-    Ok(Engine::open(EngineConfig { data_dir: dir.to_path_buf(), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![] }).await?)
+    Ok(Engine::open(EngineConfig { data_dir: dir.to_path_buf(), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None }).await?)
 }
 
 pub async fn run(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {

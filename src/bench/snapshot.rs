@@ -65,7 +65,7 @@ fn spread(rows: &[Row]) -> Vec<Row> {
 
 pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
     let dir = tempfile::tempdir()?;
-    let config = EngineConfig { data_dir: dir.path().join("data"), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![] };
+    let config = EngineConfig { data_dir: dir.path().join("data"), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None };
     let engine = Arc::new(Engine::open(config).await?);
     engine.create_view(ViewDefinition { sql: VIEW.into(), lateness: None, retention: None }).await?;
     let events = spread(rows);
@@ -100,9 +100,12 @@ pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
     let start = Instant::now();
     for _ in 0..20 {
         let t = Instant::now();
-        let schema = Arc::new(weir_lake::SnapshotSchema::new(lake.clone(), vec!["bench".into()], None));
-        let function = Arc::new(weir_lake::SnapshotFunction::new(lake.clone(), None));
-        let mut stream = weir_queries::live::query(engine.clone(), sql, None, Some((schema, function))).await?;
+        let tables = weir_queries::live::LakeTables {
+            public: Arc::new(weir_lake::SnapshotSchema::new(lake.clone(), vec!["bench".into()], None)?),
+            archive: None,
+            snapshot: Arc::new(weir_lake::SnapshotFunction::new(lake.clone(), None)),
+        };
+        let mut stream = weir_queries::live::query(engine.clone(), sql, None, Some(tables)).await?;
         while let Some(batch) = stream.next().await {
             batch?;
         }

@@ -47,6 +47,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub alerting: Arc<crate::alerting::Alerting>,
     pub lake: Arc<weir_lake::Lake>,
+    /// The raw archive, unless `[archive] enabled = false`.
+    pub archive: Option<Arc<weir_lake::archive::Archive>>,
     pub config: Arc<Config>,
     /// Becomes true when the server is shutting down, ending long-lived streams.
     pub shutdown: watch::Receiver<bool>,

@@ -43,7 +43,7 @@ pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Pr
     } else {
         Format::Json
     };
-    let stream = weir_queries::live::query(app.engine.clone(), &weir_lake::named_arguments(&request.sql), principal.tenant.clone(), snapshots(&app, &principal)).await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string()))?;
+    let stream = weir_queries::live::query(app.engine.clone(), &weir_lake::named_arguments(&request.sql), principal.tenant.clone(), Some(lake_tables(&app, &principal).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "lake", e.to_string()))?)).await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_sql", e.to_string()))?;
     let schema = stream.schema();
     // errors that only show when the query starts running are still the caller's: a 400
     let mut stream = stream;
@@ -80,9 +80,10 @@ pub async fn sql(State(app): State<AppState>, Extension(principal): Extension<Pr
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
 }
 
-/// The latest snapshots as tables named after the views, and `snapshot(…)`; for a
-/// tenant-scoped key, only views with a `tenant` column, holding its rows only.
-fn snapshots(app: &AppState, principal: &Principal) -> Option<(Arc<dyn datafusion::catalog::SchemaProvider>, Arc<dyn datafusion::catalog::TableFunctionImpl>)> {
+/// The lake's tables: the latest snapshots named after the views, the archives named
+/// after the streams (and as `archive.<stream>`), and `snapshot(…)`; for a tenant-scoped
+/// key, only tables with a `tenant` column, holding its rows only.
+fn lake_tables(app: &AppState, principal: &Principal) -> Result<weir_queries::live::LakeTables, weir_lake::Error> {
     let tenant = principal.tenant.clone();
     let views = app
         .engine
@@ -91,10 +92,18 @@ fn snapshots(app: &AppState, principal: &Principal) -> Option<(Arc<dyn datafusio
         .filter(|v| tenant.is_none() || v.info.columns.iter().any(|c| c.name == "tenant"))
         .map(|v| v.info.name.clone())
         .collect();
-    Some((
-        Arc::new(weir_lake::SnapshotSchema::new(app.lake.clone(), views, tenant.clone())),
-        Arc::new(weir_lake::SnapshotFunction::new(app.lake.clone(), tenant)),
-    ))
+    let mut public = weir_lake::SnapshotSchema::new(app.lake.clone(), views, tenant.clone())?;
+    let mut archive_schema = None;
+    if let Some(archive) = &app.archive {
+        public = public.with_archives(archive, archive.streams())?;
+        let only_archives = weir_lake::SnapshotSchema::new(app.lake.clone(), vec![], tenant.clone())?.with_archives(archive, archive.streams())?;
+        archive_schema = Some(Arc::new(only_archives) as Arc<dyn datafusion::catalog::SchemaProvider>);
+    }
+    Ok(weir_queries::live::LakeTables {
+        public: Arc::new(public),
+        archive: archive_schema,
+        snapshot: Arc::new(weir_lake::SnapshotFunction::new(app.lake.clone(), tenant)),
+    })
 }
 
 /// Turns batches into the body's bytes, one chunk per batch.

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::weir::{SseReader, Weir};
 
-fn hash(key: &str) -> String {
+pub fn hash(key: &str) -> String {
     format!("sha256:{}", Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 

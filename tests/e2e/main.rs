@@ -2,9 +2,11 @@
 
 mod alerts;
 mod anomalies;
+mod archive;
 mod auth;
 mod detect;
 mod quotas;
+mod s3;
 mod snapshots;
 mod sql;
 mod weir;
@@ -295,7 +297,7 @@ impl Weir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_log_segments_are_deleted_and_a_restart_is_still_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("WEIR_STREAMS__EVENTS__LATENESS", "5m"), ("WEIR_STREAMS__EVENTS__RETENTION", "10m"), ("WEIR_WAL__SEGMENT_BYTES", "2048")];
+    let env = [("WEIR_STREAMS__EVENTS__LATENESS", "5m"), ("WEIR_STREAMS__EVENTS__RETENTION", "10m"), ("WEIR_WAL__SEGMENT_BYTES", "2048"), ("WEIR_ARCHIVE__ENABLED", "false")];
     let weir = Weir::start(dir.path(), &env);
     weir.create_view(PER_MINUTE).await;
     // an hour of events, one batch a minute

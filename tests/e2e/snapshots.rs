@@ -13,25 +13,32 @@ use crate::weir::Weir;
 /// Reads a Delta table with delta-rs's Python bindings: its version, rows (sorted) and
 /// the last commit's Weir metadata.
 fn read_delta(path: &std::path::Path) -> Value {
+    read_delta_at(path.to_str().unwrap(), &json!({})).unwrap()
+}
+
+/// [`read_delta`] at a URL (`s3://…`) with the reader's storage options.
+pub fn read_delta_at(location: &str, options: &Value) -> Result<Value, String> {
     let script = r#"
 import json, sys
 from deltalake import DeltaTable
-t = DeltaTable(sys.argv[1])
+t = DeltaTable(sys.argv[1], storage_options=json.loads(sys.argv[2]) or None)
 rows = t.to_pyarrow_table().to_pylist()
 for r in rows:
     for k, v in r.items():
         if hasattr(v, "isoformat"):
             r[k] = v.isoformat()
-rows.sort(key=lambda r: json.dumps(r, sort_keys=True))
+rows.sort(key=lambda r: json.dumps(r, sort_keys=True, default=str))
 info = t.history(1)[0]
-print(json.dumps({"version": t.version(), "rows": rows, "epoch": info.get("weir.epoch"), "watermarks": info.get("weir.watermarks")}), flush=True)
+print(json.dumps({"version": t.version(), "rows": rows, "epoch": info.get("weir.epoch"), "watermarks": info.get("weir.watermarks"), "partitions": t.metadata().partition_columns}, default=str), flush=True)
 # the bindings' runtime can abort at interpreter exit ("terminate called without an active exception")
 import os
 os._exit(0)
 "#;
-    let out = Command::new("python3").arg("-c").arg(script).arg(path).output().expect("python3");
-    assert!(out.status.success(), "the Python deltalake reader failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = Command::new("python3").arg("-c").arg(script).arg(location).arg(options.to_string()).output().expect("python3");
+    if !out.status.success() {
+        return Err(format!("the Python deltalake reader failed on {location}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,240 @@
+//! The raw archive: every accepted row of every stream, appended to a Delta table per
+//! stream, partitioned by tenant and date.
+//!
+//! ```text
+//!   <lake>/_archive/<stream>/   columns: the stream's, `_epoch`, `date` (UTC date of the event time)
+//!                               partitions: tenant=…/date=…/
+//!                               every commit's info: weir.epoch = the last epoch it holds
+//! ```
+//!
+//! The writer takes the engine's feed of committed epochs, appends them every
+//! `archive.interval`, and reports how far each stream is archived, which lets the
+//! engine delete log segments. A commit holds both the rows and the epoch they reach,
+//! so the archive never holds an epoch twice: after a failed append (whose commit may
+//! or may not have landed) the table's last commit says what to write again. When the
+//! store is unreachable the rows wait in memory and in the log, and are written when it
+//! is back.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deltalake::datafusion::catalog::TableProvider;
+use futures::StreamExt;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use serde_json::json;
+use weir_engine::archive::{ArchiveSource, BoxFuture, Epochs, Progress};
+use weir_engine::schema::{Column, DataType, Stream};
+use weir_engine::time::Epoch;
+use weir_engine::value::{Row, Value};
+use weir_engine::wal::Record;
+
+use crate::{AsOf, Error, Lake, Result, Url};
+
+/// The column holding the epoch a row was committed in.
+pub const EPOCH: &str = "_epoch";
+
+/// The folder of the archive tables inside the lake.
+pub const FOLDER: &str = "_archive";
+
+/// The archive of a lake's streams.
+#[derive(Debug)]
+pub struct Archive {
+    lake: Arc<Lake>,
+    /// The archived streams (every stream but the weighted `usage`, which the
+    /// `usage_per_*` views summarize).
+    streams: Vec<Stream>,
+    /// Per stream, the last epoch its table held at start.
+    at_start: HashMap<String, Option<Epoch>>,
+}
+
+/// The partition column holding the event date: `date`, or `event_date` if the stream
+/// has a column named `date`.
+pub fn date_column(stream: &Stream) -> &'static str {
+    if stream.columns.iter().any(|c| c.name == "date") { "event_date" } else { "date" }
+}
+
+fn utc_date(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
+/// Rows waiting to be appended, and what is known of each table.
+#[derive(Default)]
+struct Pending {
+    by_stream: BTreeMap<String, Vec<Record>>,
+    /// The last epoch taken from the feed.
+    position: Epoch,
+    /// Streams whose last append failed: whether it landed is unknown until the table
+    /// is read again.
+    unsure: HashSet<String>,
+}
+
+impl Archive {
+    /// The archive of `streams` in `lake`, reading how far each table reaches. Fails if
+    /// the store cannot be read: guessing would write epochs twice or lose them.
+    pub async fn open(lake: Arc<Lake>, streams: &[Stream]) -> Result<Archive> {
+        let streams: Vec<Stream> = streams.iter().filter(|s| !s.weighted).cloned().collect();
+        let mut archive = Archive { lake, streams, at_start: HashMap::new() };
+        for s in &archive.streams {
+            let through = archive.last_epoch(&s.name).await?;
+            archive.at_start.insert(s.name.clone(), through);
+        }
+        Ok(archive)
+    }
+
+    /// The URL of a stream's table.
+    pub fn table_url(&self, stream: &str) -> Result<Url> {
+        self.lake.root.join(&format!("{FOLDER}/{stream}/")).map_err(|e| Error::Location(e.to_string()))
+    }
+
+    /// The names of the archived streams.
+    pub fn streams(&self) -> Vec<String> {
+        self.streams.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The last epoch a stream's table holds, from its last commit.
+    async fn last_epoch(&self, stream: &str) -> Result<Option<Epoch>> {
+        let Some(table) = self.lake.open(self.table_url(stream)?, AsOf::Latest).await? else { return Ok(None) };
+        let last = table.history(Some(1)).next().await.transpose()?;
+        Ok(last.and_then(|c| c.info.get("weir.epoch").and_then(|e| e.as_u64())))
+    }
+
+    /// A stream's archive as a DataFusion table, if anything was archived.
+    pub async fn table(&self, stream: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        match self.lake.open(self.table_url(stream)?, AsOf::Latest).await? {
+            Some(t) => Ok(Some(t.table_provider().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends the engine's feed every `interval` until `stopping`, reporting progress.
+    pub async fn run(self: Arc<Self>, mut feed: Epochs, progress: Arc<Progress>, interval: Duration, mut stopping: tokio::sync::watch::Receiver<bool>) {
+        let mut pending = Pending::default();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stopping.wait_for(|s| *s) => true,
+            };
+            while let Ok(group) = feed.try_recv() {
+                for record in group {
+                    pending.position = pending.position.max(record.epoch);
+                    pending.by_stream.entry(record.stream.clone()).or_default().push(record);
+                }
+            }
+            self.flush(&mut pending, &progress).await;
+            if last {
+                return;
+            }
+        }
+    }
+
+    /// Appends what is pending, stream by stream; a stream that fails keeps its rows
+    /// for the next round.
+    async fn flush(&self, pending: &mut Pending, progress: &Progress) {
+        for s in &self.streams {
+            let Some(records) = pending.by_stream.get_mut(&s.name) else { continue };
+            if records.is_empty() {
+                continue;
+            }
+            if pending.unsure.contains(&s.name) {
+                match self.last_epoch(&s.name).await {
+                    Ok(through) => {
+                        let through = through.unwrap_or(0);
+                        records.retain(|r| r.epoch > through);
+                        pending.unsure.remove(&s.name);
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = %s.name, error = %e, "archive unreachable; retrying at the next interval");
+                        continue;
+                    }
+                }
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            match self.append(s, records).await {
+                Ok(()) => {
+                    let rows: usize = records.iter().map(|r| r.rows.len()).sum();
+                    tracing::debug!(stream = %s.name, rows, seconds = started.elapsed().as_secs_f64(), "archived");
+                    records.clear();
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %s.name, error = %e, "archiving failed; retrying at the next interval");
+                    pending.unsure.insert(s.name.clone());
+                }
+            }
+        }
+        for s in &self.streams {
+            let through = match pending.by_stream.get(&s.name).and_then(|r| r.first()) {
+                Some(first) => first.epoch - 1,
+                None => pending.position,
+            };
+            progress.archived(&s.name, through);
+        }
+    }
+
+    /// Appends records of one stream as one commit.
+    async fn append(&self, stream: &Stream, records: &[Record]) -> Result<()> {
+        let epoch = records.last().map_or(0, |r| r.epoch);
+        let date = date_column(stream);
+        let mut columns = stream.columns.to_vec();
+        columns.push(Column::new(EPOCH, DataType::Int, false));
+        columns.push(Column::new(date, DataType::String, false));
+        let mut batches = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
+        for record in records {
+            for row in &record.rows {
+                let ts = match row.get(stream.time) {
+                    Some(Value::Timestamp(t)) => *t,
+                    _ => 0,
+                };
+                rows.push(row.iter().cloned().chain([Value::Int(record.epoch as i64), Value::str(&utc_date(ts))]).collect());
+                if rows.len() == 65_536 {
+                    batches.push(weir_engine::columnar::rows_to_batch(&columns, &std::mem::take(&mut rows))?);
+                }
+            }
+        }
+        if !rows.is_empty() {
+            batches.push(weir_engine::columnar::rows_to_batch(&columns, &rows)?);
+        }
+        let commit = CommitProperties::default().with_metadata([("weir.epoch".to_string(), json!(epoch)), ("weir.stream".to_string(), json!(stream.name))]);
+        let table = self.lake.open_or_new(self.table_url(&stream.name)?).await?;
+        let tenant = stream.columns[stream.tenant].name.clone();
+        table.write(batches).with_save_mode(SaveMode::Append).with_partition_columns([tenant, date.to_string()]).with_commit_properties(commit).await?;
+        Ok(())
+    }
+
+    async fn load_rows(&self, stream: &Stream, through: Epoch, since: i64) -> Result<Vec<Row>> {
+        let Some(provider) = self.table(&stream.name).await? else { return Ok(Vec::new()) };
+        let ctx = SessionContext::new();
+        ctx.register_table("archived", provider)?;
+        let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let columns: Vec<String> = stream.columns.iter().map(|c| quote(&c.name)).collect();
+        let mut sql = format!("SELECT {} FROM archived WHERE {} <= {through}", columns.join(", "), quote(EPOCH));
+        if since > 0 {
+            sql.push_str(&format!(" AND {} >= '{}' AND {} >= to_timestamp_millis({since})", quote(date_column(stream)), utc_date(since), quote(&stream.columns[stream.time].name)));
+        }
+        sql.push_str(&format!(" ORDER BY {}", quote(EPOCH)));
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let mut rows = Vec::new();
+        for batch in &batches {
+            rows.extend(weir_engine::columnar::batch_to_rows(batch)?);
+        }
+        Ok(rows)
+    }
+}
+
+impl ArchiveSource for Archive {
+    fn archived_through(&self, stream: &str) -> Option<Epoch> {
+        self.at_start.get(stream).copied().flatten()
+    }
+
+    fn load<'a>(&'a self, stream: &'a Stream, through: Epoch, since: i64) -> BoxFuture<'a, weir_engine::Result<Vec<Row>>> {
+        Box::pin(async move { self.load_rows(stream, through, since).await.map_err(|e| weir_engine::Error::Log(format!("reading the archive of {}: {e}", stream.name))) })
+    }
+}
