@@ -72,12 +72,19 @@ pub struct ArchiveConfig {
     /// How often what was accepted is appended, e.g. `"5s"`.
     #[serde(default)]
     pub interval: Option<String>,
+    /// A stream's table is compacted after this many appends (0: never).
+    #[serde(default = "default_compact_after")]
+    pub compact_after: usize,
 }
 
 impl Default for ArchiveConfig {
     fn default() -> ArchiveConfig {
-        ArchiveConfig { enabled: true, interval: None }
+        ArchiveConfig { enabled: true, interval: None, compact_after: default_compact_after() }
     }
+}
+
+fn default_compact_after() -> usize {
+    100
 }
 
 fn yes() -> bool {

@@ -68,7 +68,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let archiver = match (&archive, engine.take_archive_feed()) {
         (Some(archive), Some(feed)) => {
             let every = weir_engine::time::parse_duration_ms(config.archive.interval.as_deref().unwrap_or("5s"))?.max(10);
-            let run = archive.clone().run(feed, engine.archive_progress().clone(), std::time::Duration::from_millis(every as u64), stop_rx.clone());
+            let run = archive.clone().run(feed, engine.archive_progress().clone(), std::time::Duration::from_millis(every as u64), config.archive.compact_after, stop_rx.clone());
             Some(tokio::spawn(run))
         }
         _ => None,

@@ -69,6 +69,9 @@ struct Pending {
     /// Streams whose last append failed: whether it landed is unknown until the table
     /// is read again.
     unsure: HashSet<String>,
+    /// Appends per stream since its table was last compacted.
+    appends: HashMap<String, usize>,
+    compact_after: usize,
 }
 
 impl Archive {
@@ -94,11 +97,26 @@ impl Archive {
         self.streams.iter().map(|s| s.name.clone()).collect()
     }
 
-    /// The last epoch a stream's table holds, from its last commit.
+    /// The last epoch a stream's table holds, from its latest append (compactions, by
+    /// Weir or other tools, add commits without one).
     async fn last_epoch(&self, stream: &str) -> Result<Option<Epoch>> {
         let Some(table) = self.lake.open(self.table_url(stream)?, AsOf::Latest).await? else { return Ok(None) };
-        let last = table.history(Some(1)).next().await.transpose()?;
-        Ok(last.and_then(|c| c.info.get("weir.epoch").and_then(|e| e.as_u64())))
+        let mut history = table.history(None);
+        while let Some(commit) = history.next().await {
+            if let Some(epoch) = commit?.info.get("weir.epoch").and_then(|e| e.as_u64()) {
+                return Ok(Some(epoch));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Compacts a stream's table: the small files of each partition are rewritten as
+    /// few large ones (Delta's `OPTIMIZE`); readers and time travel are unaffected.
+    /// Returns the files removed and added.
+    pub async fn compact(&self, stream: &str) -> Result<(u64, u64)> {
+        let Some(table) = self.lake.open(self.table_url(stream)?, AsOf::Latest).await? else { return Ok((0, 0)) };
+        let (_, metrics) = table.optimize().await?;
+        Ok((metrics.num_files_removed, metrics.num_files_added))
     }
 
     /// A stream's archive as a DataFusion table, if anything was archived.
@@ -109,9 +127,10 @@ impl Archive {
         }
     }
 
-    /// Appends the engine's feed every `interval` until `stopping`, reporting progress.
-    pub async fn run(self: Arc<Self>, mut feed: Epochs, progress: Arc<Progress>, interval: Duration, mut stopping: tokio::sync::watch::Receiver<bool>) {
-        let mut pending = Pending::default();
+    /// Appends the engine's feed every `interval` until `stopping`, reporting progress;
+    /// compacts a stream's table after every `compact_after` appends to it (0: never).
+    pub async fn run(self: Arc<Self>, mut feed: Epochs, progress: Arc<Progress>, interval: Duration, compact_after: usize, mut stopping: tokio::sync::watch::Receiver<bool>) {
+        let mut pending = Pending { compact_after, ..Pending::default() };
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -162,6 +181,19 @@ impl Archive {
                     let rows: usize = records.iter().map(|r| r.rows.len()).sum();
                     tracing::debug!(stream = %s.name, rows, seconds = started.elapsed().as_secs_f64(), "archived");
                     records.clear();
+                    let appends = pending.appends.entry(s.name.clone()).or_default();
+                    *appends += 1;
+                    if pending.compact_after > 0 && *appends >= pending.compact_after {
+                        let started = std::time::Instant::now();
+                        match self.compact(&s.name).await {
+                            Ok((removed, added)) => {
+                                *appends = 0;
+                                tracing::info!(stream = %s.name, removed, added, seconds = started.elapsed().as_secs_f64(), "compacted the archive");
+                            }
+                            // the next append tries again; reads are correct either way
+                            Err(e) => tracing::warn!(stream = %s.name, error = %e, "compacting the archive failed"),
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(stream = %s.name, error = %e, "archiving failed; retrying at the next interval");
@@ -178,8 +210,9 @@ impl Archive {
         }
     }
 
-    /// Appends records of one stream as one commit.
-    async fn append(&self, stream: &Stream, records: &[Record]) -> Result<()> {
+    /// Appends records of one stream (in epoch order, none already archived) as one
+    /// commit recording the last epoch.
+    pub async fn append(&self, stream: &Stream, records: &[Record]) -> Result<()> {
         let epoch = records.last().map_or(0, |r| r.epoch);
         let date = date_column(stream);
         let mut columns = stream.columns.to_vec();

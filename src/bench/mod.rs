@@ -13,10 +13,13 @@
 //!   nexmark-q0, -q1, -q2, -q5, -q7               Nexmark bids through Nexmark queries as views
 //!   snapshot                                     Delta snapshots: full, then after 1% more events;
 //!                                                SQL latency over the snapshot table
+//!   archive                                      the raw archive: appends, compaction, SQL
+//!                                                latency over the archive before and after
 //! ```
 //!
 //! Events are generated (or read with `--input`) and encoded before the clock starts.
 
+mod archive;
 mod engine;
 mod http;
 mod nexmark;
@@ -51,6 +54,7 @@ pub const WORKLOADS: &[&str] = &[
     "nexmark-q5",
     "nexmark-q7",
     "snapshot",
+    "archive",
 ];
 
 /// What to run.
@@ -223,6 +227,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "freshness" => one(runtime.block_on(http::freshness(w, &events, args.rate))?),
             "recovery" => one(runtime.block_on(recovery::run(w, &events))?),
             "snapshot" => runtime.block_on(snapshot::run(&events))?,
+            "archive" => runtime.block_on(archive::run(&events))?,
             w if w.starts_with("nexmark-") => one(nexmark::run(w, &bids)?),
             _ => unreachable!("checked above"),
         };

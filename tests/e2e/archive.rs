@@ -36,6 +36,8 @@ async fn events_are_archived_by_tenant_and_date_and_recovery_reads_the_archive()
         ("WEIR_AUTH__ENABLED", "true"),
         ("WEIR_AUTH__KEYS", keys.as_str()),
         ("WEIR_ARCHIVE__INTERVAL", "100ms"),
+        // compaction every few appends: reads, recovery and the exactly-once bookkeeping go on through it
+        ("WEIR_ARCHIVE__COMPACT_AFTER", "3"),
         ("WEIR_SNAPSHOT__INTERVAL", "0s"),
         ("WEIR_WAL__SEGMENT_BYTES", "4096"),
         ("WEIR_STREAMS__EVENTS__RETENTION", "7d"),

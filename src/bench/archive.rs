@@ -1,0 +1,106 @@
+//! `archive`: the raw archive. The events, spread over 10 days, are appended by the real
+//! archive writer to a Delta table partitioned by tenant and date in a temporary
+//! directory, in appends of 200,000 events (what 5-second appends at 40,000 events/s
+//! make); then SQL runs over the archive table, before and after compaction.
+//!
+//! - `archive-append`: the appends, events/s;
+//! - `archive-compact`: compacting the table (`OPTIMIZE`);
+//! - `sql-archive-scan`: a `GROUP BY tenant` over every archived event, 10 runs;
+//! - `sql-archive-tenant-day`: one tenant's day (`WHERE tenant = … AND date = …`), 10 runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use weir_engine::value::{Row, Value};
+use weir_engine::wal::Record;
+use weir_engine::{Engine, EngineConfig};
+
+use super::{bench_streams, Report};
+
+const DAYS: i64 = 10;
+const APPEND: usize = 200_000;
+
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => count_files(&e.path()),
+                    _ => usize::from(e.file_name().to_string_lossy().ends_with(".parquet")),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn latencies(engine: &Arc<Engine>, lake: &Arc<weir_lake::Lake>, archive: &Arc<weir_lake::archive::Archive>, sql: &str) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let tables = weir_queries::live::LakeTables {
+            public: Arc::new(weir_lake::SnapshotSchema::new(lake.clone(), vec![], None)?.with_archives(archive, archive.streams())?),
+            archive: None,
+            snapshot: Arc::new(weir_lake::SnapshotFunction::new(lake.clone(), None)),
+        };
+        let mut stream = weir_queries::live::query(engine.clone(), sql, None, Some(tables)).await?;
+        while let Some(batch) = stream.next().await {
+            batch?;
+        }
+        latencies.push(t.elapsed());
+    }
+    Ok(latencies)
+}
+
+pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
+    let dir = tempfile::tempdir()?;
+    let streams = weir_engine::engine::with_builtin_streams(bench_streams());
+    let events = streams.iter().find(|s| s.name == "events").context("the events stream")?.clone();
+    let lake_dir = dir.path().join("lake");
+    let lake = Arc::new(weir_lake::Lake::in_dir(&lake_dir)?);
+    let archive = Arc::new(weir_lake::archive::Archive::open(lake.clone(), &streams).await?);
+
+    // the events re-timed over DAYS days, in order
+    let base = 1_795_000_000_000i64 - DAYS * 86_400_000;
+    let step = DAYS * 86_400_000 / rows.len().max(1) as i64;
+    let start = Instant::now();
+    for (epoch, chunk) in rows.chunks(APPEND).enumerate() {
+        let first = epoch * APPEND;
+        let rows: Vec<Row> = chunk.iter().enumerate().map(|(i, r)| {
+            let mut r = r.clone();
+            r[1] = Value::Timestamp(base + (first + i) as i64 * step);
+            r
+        }).collect();
+        let record = Record { epoch: epoch as u64 + 1, stream: events.name.clone(), max_ts: 0, rows, sizes: vec![] };
+        archive.append(&events, &[record]).await?;
+    }
+    let append = Report::new("archive-append", rows.len(), start.elapsed().as_secs_f64(), Vec::new());
+    let files_before = count_files(&lake_dir);
+
+    let config = EngineConfig { data_dir: dir.path().join("data"), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None };
+    let engine = Arc::new(Engine::open(config).await?);
+    let scan = "SELECT tenant, count(*) AS n, sum(value) AS total FROM events GROUP BY tenant ORDER BY n DESC LIMIT 10";
+    let day = chrono::DateTime::from_timestamp_millis(base + 86_400_000 * (DAYS / 2)).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default();
+    let one = format!("SELECT kind, count(*) AS n, sum(value) AS total FROM events WHERE tenant = 'tenant-0007' AND date = '{day}' GROUP BY kind");
+    let mut reports = vec![append];
+    let mut measure = |name: &str, latencies: Vec<Duration>, files: usize| {
+        let seconds = latencies.iter().map(Duration::as_secs_f64).sum();
+        println!("  ({name}: {files} parquet files)");
+        reports.push(Report::new(name, rows.len() * latencies.len(), seconds, latencies));
+    };
+    measure("sql-archive-scan", latencies(&engine, &lake, &archive, scan).await?, files_before);
+    measure("sql-archive-tenant-day", latencies(&engine, &lake, &archive, &one).await?, files_before);
+
+    let start = Instant::now();
+    let (removed, added) = archive.compact(&events.name).await?;
+    let compact = Report::new("archive-compact", rows.len(), start.elapsed().as_secs_f64(), Vec::new());
+    println!("  (compaction: {removed} files into {added})");
+    let files_after = added as usize;
+    measure("sql-archive-scan-compacted", latencies(&engine, &lake, &archive, scan).await?, files_after);
+    measure("sql-archive-tenant-day-compacted", latencies(&engine, &lake, &archive, &one).await?, files_after);
+    reports.insert(1, compact);
+    engine.shutdown();
+    Ok(reports)
+}
