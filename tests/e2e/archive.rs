@@ -82,6 +82,14 @@ async fn events_are_archived_by_tenant_and_date_and_recovery_reads_the_archive()
     assert_eq!(delta["partitions"], json!(["tenant", "date"]));
     assert_eq!(delta["rows"].as_array().unwrap().len(), 400);
     assert!(table.join("tenant=acme").join("date=2026-11-23").is_dir());
+    // and so does Polars
+    let polars = std::process::Command::new("python3")
+        .args(["-c", "import sys, json, polars as pl\nd = pl.read_delta(sys.argv[1]).group_by('tenant', 'date').agg(pl.len().alias('n')).sort('tenant', 'date')\nprint(json.dumps(d.to_dicts()))", table.to_str().unwrap()])
+        .output()
+        .expect("python3");
+    assert!(polars.status.success(), "polars: {}", String::from_utf8_lossy(&polars.stderr));
+    let by_polars: Value = serde_json::from_slice(&polars.stdout).unwrap();
+    assert_eq!(by_polars, sql(&weir, "SELECT tenant, date, count(*) AS n FROM events GROUP BY tenant, date ORDER BY tenant, date").await);
 
     // a tenant-scoped key reads its own rows only, through joins and subqueries too
     let acme = authorized("acme-secret");

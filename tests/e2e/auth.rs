@@ -42,6 +42,23 @@ async fn sql(weir: &Weir, as_key: &str, query: &str) -> (u16, Value) {
     call(weir, Some(as_key), "POST", "/v1/sql", Some(json!({ "sql": query }))).await
 }
 
+/// The isolation corpus over the raw archive: `{ev}` and `{ev2}` are the events' archive
+/// (aliased `e` and `f`), `{bk}` the per-kind view.
+const ARCHIVE_CORPUS: &[&str] = &[
+    "SELECT count(*) AS n FROM {ev}",
+    "SELECT tenant, kind, count(*) AS n FROM {ev} GROUP BY tenant, kind ORDER BY tenant, kind",
+    "SELECT DISTINCT tenant FROM {ev} ORDER BY 1",
+    "SELECT date, count(*) AS n FROM {ev} GROUP BY date ORDER BY date",
+    "SELECT e.kind, b.n FROM {ev} JOIN {bk} b ON e.kind = b.kind ORDER BY 1, 2",
+    "SELECT count(*) AS n FROM {ev} JOIN {ev2} ON e.tenant <> f.tenant",
+    "SELECT kind FROM {ev} UNION SELECT kind FROM {ev2} ORDER BY 1",
+    "SELECT kind, row_number() OVER (PARTITION BY tenant ORDER BY ts, kind) AS r FROM {ev} ORDER BY ts, kind",
+    "SELECT count(*) AS n FROM {ev} WHERE tenant IN (SELECT tenant FROM {ev2} WHERE f.tenant = 'globex')",
+    "SELECT count(*) AS n FROM {ev} WHERE EXISTS (SELECT 1 FROM {ev2} WHERE f.tenant <> e.tenant)",
+    "SELECT max(ts) AS latest, min(ts) AS first FROM {ev}",
+    "SELECT count(*) AS n FROM {ev} WHERE tenant = 'globex' OR tenant = 'initech'",
+];
+
 /// The isolation corpus: `{pm}` is a per-minute view, `{bk}` a per-kind view.
 const CORPUS: &[&str] = &[
     "SELECT * FROM {pm} ORDER BY minute, tenant",
@@ -109,7 +126,7 @@ async fn keys_roles_and_tenant_isolation() {
         .collect();
     let keys = format!("[{}]", entries.join(", "));
     let dir = tempfile::tempdir().unwrap();
-    let weir = Weir::start(dir.path(), &[("WEIR_AUTH__ENABLED", "true"), ("WEIR_AUTH__KEYS", &keys)]);
+    let weir = Weir::start(dir.path(), &[("WEIR_AUTH__ENABLED", "true"), ("WEIR_AUTH__KEYS", &keys), ("WEIR_ARCHIVE__INTERVAL", "200ms")]);
 
     // no key, or a wrong one: 401 on every endpoint but the health checks
     let endpoints = [
@@ -237,6 +254,29 @@ async fn keys_roles_and_tenant_isolation() {
             let want = want["rows"].to_string().replace("per_minute_acme", "per_minute").replace("by_kind_acme", "by_kind");
             assert_eq!(got["rows"].to_string(), want, "{scoped}");
             assert!(!got["rows"].to_string().contains("globex"), "{scoped}");
+        }
+    }
+    // and over the raw archive of the events, once it holds every event
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, archived) = sql(&weir, "admin", "SELECT count(*) AS n FROM events").await;
+        let (_, live) = sql(&weir, "admin", "SELECT sum(n) AS n FROM live.by_kind").await;
+        if archived["rows"].is_array() && archived["rows"] == live["rows"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the archive did not fill: {archived} vs {live}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for template in ARCHIVE_CORPUS {
+        for table in ["events", "archive.events"] {
+            let scoped = template.replace("{ev}", &format!("{table} AS e")).replace("{ev2}", &format!("{table} AS f")).replace("{bk}", "live.by_kind");
+            let own = format!("(SELECT * FROM {table} WHERE tenant = 'acme')");
+            let reference = template.replace("{ev}", &format!("{own} AS e")).replace("{ev2}", &format!("{own} AS f")).replace("{bk}", "live.by_kind_acme");
+            let (status, got) = sql(&weir, "cons-acme", &scoped).await;
+            assert_eq!(status, 200, "{scoped}: {got}");
+            let (_, want) = sql(&weir, "admin", &reference).await;
+            assert_eq!(got["rows"], want["rows"], "{scoped}");
+            assert!(!got["rows"].to_string().contains("globex") && !got["rows"].to_string().contains("initech"), "{scoped}");
         }
     }
     let (status, _) = sql(&weir, "cons-acme", "SELECT * FROM totals").await;
