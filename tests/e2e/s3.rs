@@ -1,8 +1,8 @@
 //! The lake on S3: snapshots and the raw archive written to a real S3-compatible server
 //! (moto's server mode, a separate process speaking the S3 protocol over HTTP), read
-//! back by an independent reader; while the server is unreachable, ingest goes on, and
-//! the lake catches up when it is back, losing nothing; a restart recovers from the S3
-//! archive and the log.
+//! back by an independent reader; while the server is unreachable (cut off, then
+//! frozen), ingest goes on, and the lake catches up when it is back, losing nothing; a
+//! restart recovers from the S3 archive and the log.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -40,6 +40,14 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         Moto { child, port }
+    }
+}
+
+impl Moto {
+    /// Sends the server process a signal (`STOP`, `CONT`).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success());
     }
 }
 
@@ -210,6 +218,28 @@ async fn the_lake_on_s3_survives_an_outage_and_recovery_reads_the_archive_back()
     ids.dedup();
     assert_eq!(ids.len(), 350, "every event archived exactly once");
 
+    // the server process is frozen (SIGSTOP) for a while: requests hang instead of
+    // failing; ingest still goes on, and the lake catches up once it runs again
+    moto.signal("STOP");
+    for minute in 15..20 {
+        let (status, receipt) = weir.ingest("events", &batch("globex", minute, 10)).await;
+        assert_eq!(status, 200, "ingest while the store hangs: {receipt}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    moto.signal("CONT");
+    let mut expected = expected;
+    expected.insert("globex".into(), 100);
+    eventually("the lake catching up after the freeze", || {
+        let t = read_s3(&moto, "s3://weir/lake/_archive/events").unwrap();
+        (t["rows"].as_array().unwrap().len() != 400).then(|| format!("{} rows", t["rows"].as_array().unwrap().len()))
+    })
+    .await;
+    eventually("the snapshot after the freeze", || {
+        let t = read_s3(&moto, "s3://weir/lake/per_tenant").unwrap();
+        (totals(&t["rows"]) != expected).then(|| t.to_string())
+    })
+    .await;
+
     // once archived, the log is truncated (at the next commit)
     let (_, receipt) = weir.ingest("events", &batch("initech", 15, 1)).await;
     let segments = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
@@ -220,7 +250,6 @@ async fn the_lake_on_s3_survives_an_outage_and_recovery_reads_the_archive_back()
     weir.kill();
     let weir = Weir::start(dir.path(), &env);
     let after = weir.read("per_tenant", 0).await;
-    let mut expected = expected;
     expected.insert("initech".into(), 1);
     assert_eq!(totals(&after["rows"]), expected);
     // and still knows their idempotency keys
