@@ -4,6 +4,7 @@ mod alerts;
 mod anomalies;
 mod archive;
 mod auth;
+mod azure;
 mod detect;
 mod quotas;
 mod s3;

@@ -18,6 +18,11 @@ fn read_delta(path: &std::path::Path) -> Value {
 
 /// [`read_delta`] at a URL (`s3://…`) with the reader's storage options.
 pub fn read_delta_at(location: &str, options: &Value) -> Result<Value, String> {
+    read_delta_with_env(location, options, &[])
+}
+
+/// [`read_delta_at`] with extra environment variables for the reader.
+pub fn read_delta_with_env(location: &str, options: &Value, env: &[(&str, &str)]) -> Result<Value, String> {
     let script = r#"
 import json, sys
 from deltalake import DeltaTable
@@ -34,7 +39,7 @@ print(json.dumps({"version": t.version(), "rows": rows, "epoch": info.get("weir.
 import os
 os._exit(0)
 "#;
-    let out = Command::new("python3").arg("-c").arg(script).arg(location).arg(options.to_string()).output().expect("python3");
+    let out = Command::new("python3").arg("-c").arg(script).arg(location).arg(options.to_string()).envs(env.iter().copied()).output().expect("python3");
     if !out.status.success() {
         return Err(format!("the Python deltalake reader failed on {location}: {}", String::from_utf8_lossy(&out.stderr)));
     }
