@@ -101,10 +101,13 @@ impl Archive {
     /// Weir or other tools, add commits without one).
     async fn last_epoch(&self, stream: &str) -> Result<Option<Epoch>> {
         let Some(table) = self.lake.open(self.table_url(stream)?, AsOf::Latest).await? else { return Ok(None) };
-        let mut history = table.history(None);
-        while let Some(commit) = history.next().await {
-            if let Some(epoch) = commit?.info.get("weir.epoch").and_then(|e| e.as_u64()) {
-                return Ok(Some(epoch));
+        // the latest commits first (one of the last two, unless another tool wrote)
+        for limit in [Some(16), None] {
+            let mut history = table.history(limit);
+            while let Some(commit) = history.next().await {
+                if let Some(epoch) = commit?.info.get("weir.epoch").and_then(|e| e.as_u64()) {
+                    return Ok(Some(epoch));
+                }
             }
         }
         Ok(None)
