@@ -69,7 +69,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (Some(archive), Some(feed)) => {
             let every = weir_engine::time::parse_duration_ms(config.archive.interval.as_deref().unwrap_or("5s"))?.max(10);
             let run = archive.clone().run(feed, engine.archive_progress().clone(), std::time::Duration::from_millis(every as u64), config.archive.compact_after, stop_rx.clone());
-            Some(tokio::spawn(run))
+            let writer = tokio::spawn(run);
+            Some(tokio::spawn(async move {
+                if let Err(e) = writer.await {
+                    tracing::error!(error = %e, "the archive writer stopped: nothing more is archived and the log is no longer truncated until Weir restarts");
+                }
+            }))
         }
         _ => None,
     };

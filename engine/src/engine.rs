@@ -144,6 +144,7 @@ impl Engine {
                             unknown += 1;
                         }
                     }
+                    // (rows of another schema of the stream are skipped by the archive too)
                     if archive.is_some() && !replay_streams[i].weighted && record.epoch > progress.through(&record.stream) {
                         match unarchived.last_mut() {
                             Some(group) if group[0].epoch == record.epoch => group.push(record),

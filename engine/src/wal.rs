@@ -381,6 +381,29 @@ mod tests {
     }
 
     #[test]
+    fn archived_segments_are_deleted_by_their_last_epoch_and_the_first_checkpoint_says_where_the_log_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Wal::first_checkpoint(dir.path()).unwrap(), None);
+        let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
+        for epoch in [10, 20, 30] {
+            wal.append(&record(epoch, 0)).unwrap();
+            wal.append(&record(epoch, 1)).unwrap();
+            wal.commit().unwrap();
+            wal.rotate(&Checkpoint { last_epoch: epoch, watermarks: vec![], usage: vec![] }).unwrap();
+        }
+        assert_eq!(Wal::first_checkpoint(dir.path()).unwrap().map(|c| c.last_epoch), Some(0));
+        // archived through epoch 20: the segments ending at 10 and 20 go, the one at 30 stays
+        assert_eq!(wal.truncate(|_, _, max_epoch| max_epoch <= 20).unwrap(), 2);
+        assert_eq!(Wal::first_checkpoint(dir.path()).unwrap().map(|c| c.last_epoch), Some(20));
+        drop(wal);
+        // the segment epochs are known again after a reopen
+        let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
+        assert_eq!(wal.truncate(|_, _, max_epoch| max_epoch <= 29).unwrap(), 0);
+        assert_eq!(wal.truncate(|_, _, max_epoch| max_epoch <= 30).unwrap(), 1);
+        assert_eq!(epochs(dir.path()), Vec::<Epoch>::new());
+    }
+
+    #[test]
     fn damage_before_the_last_segment_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();

@@ -2,7 +2,7 @@
 //! stream, partitioned by tenant and date.
 //!
 //! ```text
-//!   <lake>/_archive/<stream>/   columns: the stream's, `_epoch`, `date` (UTC date of the event time)
+//!   <lake>/_archive/<stream>/   columns: the stream's, `_epoch`, `_seq`, `date` (UTC date of the event time)
 //!                               partitions: tenant=…/date=…/
 //!                               every commit's info: weir.epoch = the last epoch it holds
 //! ```
@@ -23,6 +23,7 @@ use deltalake::datafusion::catalog::TableProvider;
 use futures::StreamExt;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use serde_json::json;
 use weir_engine::archive::{ArchiveSource, BoxFuture, Epochs, Progress};
@@ -35,6 +36,10 @@ use crate::{AsOf, Error, Lake, Result, Url};
 
 /// The column holding the epoch a row was committed in.
 pub const EPOCH: &str = "_epoch";
+
+/// The column holding a row's position among its epoch's rows (the order the gate
+/// admitted them in, which recovery repeats).
+pub const SEQ: &str = "_seq";
 
 /// The folder of the archive tables inside the lake.
 pub const FOLDER: &str = "_archive";
@@ -220,16 +225,24 @@ impl Archive {
         let date = date_column(stream);
         let mut columns = stream.columns.to_vec();
         columns.push(Column::new(EPOCH, DataType::Int, false));
+        columns.push(Column::new(SEQ, DataType::Int, false));
         columns.push(Column::new(date, DataType::String, false));
         let mut batches = Vec::new();
         let mut rows: Vec<Row> = Vec::new();
+        let mut misfits = 0usize;
         for record in records {
-            for row in &record.rows {
+            for (seq, row) in record.rows.iter().enumerate() {
+                // rows logged under an earlier schema of the stream (another column count)
+                // cannot be archived as this one; replay skips them too
+                if row.len() != stream.columns.len() {
+                    misfits += 1;
+                    continue;
+                }
                 let ts = match row.get(stream.time) {
                     Some(Value::Timestamp(t)) => *t,
                     _ => 0,
                 };
-                rows.push(row.iter().cloned().chain([Value::Int(record.epoch as i64), Value::str(&utc_date(ts))]).collect());
+                rows.push(row.iter().cloned().chain([Value::Int(record.epoch as i64), Value::Int(seq as i64), Value::str(&utc_date(ts))]).collect());
                 if rows.len() == 65_536 {
                     batches.push(weir_engine::columnar::rows_to_batch(&columns, &std::mem::take(&mut rows))?);
                 }
@@ -238,24 +251,68 @@ impl Archive {
         if !rows.is_empty() {
             batches.push(weir_engine::columnar::rows_to_batch(&columns, &rows)?);
         }
-        let commit = CommitProperties::default().with_metadata([("weir.epoch".to_string(), json!(epoch)), ("weir.stream".to_string(), json!(stream.name))]);
+        if misfits > 0 {
+            tracing::warn!(stream = %stream.name, rows = misfits, "rows logged under another schema of the stream were not archived");
+        }
+        if batches.is_empty() {
+            // nothing to write (the log keeps such records until its segment goes)
+            return Ok(());
+        }
+        // One attempt per commit: if a commit's put lands but its answer is lost, a retry
+        // would commit the same rows again as the next version; instead the append
+        // fails, and the next round reads the table's position before writing.
+        let commit = CommitProperties::default()
+            .with_metadata([("weir.epoch".to_string(), json!(epoch)), ("weir.stream".to_string(), json!(stream.name))])
+            .with_max_retries(0);
         let table = self.lake.open_or_new(self.table_url(&stream.name)?).await?;
         let tenant = stream.columns[stream.tenant].name.clone();
-        table.write(batches).with_save_mode(SaveMode::Append).with_partition_columns([tenant, date.to_string()]).with_commit_properties(commit).await?;
+        table
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns([tenant, date.to_string()])
+            // a column added to the stream is added to the table
+            .with_schema_mode(SchemaMode::Merge)
+            .with_commit_properties(commit)
+            .await?;
         Ok(())
     }
 
     async fn load_rows(&self, stream: &Stream, through: Epoch, since: i64) -> Result<Vec<Row>> {
         let Some(provider) = self.table(&stream.name).await? else { return Ok(Vec::new()) };
+        let schema = provider.schema();
         let ctx = SessionContext::new();
         ctx.register_table("archived", provider)?;
         let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-        let columns: Vec<String> = stream.columns.iter().map(|c| quote(&c.name)).collect();
+        // a column the stream has gained since rows were archived reads as its default
+        // (or NULL) in those rows, whether the table has it yet or not
+        let columns: Vec<String> = stream
+            .columns
+            .iter()
+            .zip(&stream.defaults)
+            .map(|(c, default)| {
+                let name = quote(&c.name);
+                let default = match default {
+                    Some(Value::Str(s)) => Some(format!("'{}'", s.replace('\'', "''"))),
+                    Some(Value::Int(i)) => Some(i.to_string()),
+                    Some(Value::Float(f)) => Some(format!("{f:?}")),
+                    Some(Value::Bool(b)) => Some(b.to_string()),
+                    _ => None,
+                };
+                match (schema.field_with_name(&c.name).is_ok(), default) {
+                    (true, None) => name,
+                    (true, Some(d)) => format!("coalesce({name}, {d}) AS {name}"),
+                    (false, Some(d)) => format!("{d} AS {name}"),
+                    (false, None) => format!("NULL AS {name}"),
+                }
+            })
+            .collect();
         let mut sql = format!("SELECT {} FROM archived WHERE {} <= {through}", columns.join(", "), quote(EPOCH));
         if since > 0 {
             sql.push_str(&format!(" AND {} >= '{}' AND {} >= to_timestamp_millis({since})", quote(date_column(stream)), utc_date(since), quote(&stream.columns[stream.time].name)));
         }
-        sql.push_str(&format!(" ORDER BY {}", quote(EPOCH)));
+        // in the order the gate admitted them (tables written before `_seq` have none)
+        let order = if schema.field_with_name(SEQ).is_ok() { format!("{}, {}", quote(EPOCH), quote(SEQ)) } else { quote(EPOCH) };
+        sql.push_str(&format!(" ORDER BY {order}"));
         let batches = ctx.sql(&sql).await?.collect().await?;
         let mut rows = Vec::new();
         for batch in &batches {
@@ -272,5 +329,58 @@ impl ArchiveSource for Archive {
 
     fn load<'a>(&'a self, stream: &'a Stream, through: Epoch, since: i64) -> BoxFuture<'a, weir_engine::Result<Vec<Row>>> {
         Box::pin(async move { self.load_rows(stream, through, since).await.map_err(|e| weir_engine::Error::Log(format!("reading the archive of {}: {e}", stream.name))) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_engine::schema::TimePolicy;
+
+    fn orders(extra: bool) -> Stream {
+        let mut columns = vec![Column::new("tenant", DataType::String, false), Column::new("ts", DataType::Timestamp, false), Column::new("amount", DataType::Int, false)];
+        if extra {
+            columns.push(Column::new("currency", DataType::String, false));
+        }
+        let mut s = Stream::new("orders", columns, "tenant", "ts", None, TimePolicy::DEFAULT).unwrap();
+        if extra {
+            s.defaults[3] = Some(Value::str("EUR"));
+        }
+        s
+    }
+
+    fn record(epoch: Epoch, rows: Vec<Row>) -> Record {
+        Record { epoch, stream: "orders".into(), max_ts: 0, rows, sizes: vec![] }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_record_their_epoch_recovery_reads_rows_in_admission_order_and_a_new_column_reads_as_its_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Arc::new(Lake::in_dir(dir.path()).unwrap());
+        let v1 = orders(false);
+        let archive = Archive::open(lake.clone(), std::slice::from_ref(&v1)).await.unwrap();
+        assert_eq!(archive.archived_through("orders"), None);
+        // within an epoch, a later row may have an earlier time: the order is kept
+        let row = |t: &str, ts: i64, amount: i64| vec![Value::str(t), Value::Timestamp(ts), Value::Int(amount)];
+        archive.append(&v1, &[record(5, vec![row("a", 2_000, 1), row("b", 1_000, 2), row("a", 1_500, 3)])]).await.unwrap();
+        archive.append(&v1, &[record(7, vec![row("a", 3_000, 4)]), record(9, vec![row("b", 4_000, 5)])]).await.unwrap();
+        archive.compact("orders").await.unwrap();
+
+        // a compaction does not hide the position; the stream then gains a column
+        let v2 = orders(true);
+        let archive = Archive::open(lake.clone(), std::slice::from_ref(&v2)).await.unwrap();
+        assert_eq!(archive.archived_through("orders"), Some(9));
+        archive.append(&v2, &[record(11, vec![vec![Value::str("c"), Value::Timestamp(5_000), Value::Int(6), Value::str("USD")]])]).await.unwrap();
+        let amounts = |rows: &[Row]| rows.iter().map(|r| (r[2].clone(), r[3].clone())).collect::<Vec<_>>();
+        let through_9 = archive.load(&v2, 9, i64::MIN).await.unwrap();
+        let eur = Value::str("EUR");
+        assert_eq!(amounts(&through_9), vec![(Value::Int(1), eur.clone()), (Value::Int(2), eur.clone()), (Value::Int(3), eur.clone()), (Value::Int(4), eur.clone()), (Value::Int(5), eur)]);
+        assert_eq!(archive.load(&v2, 11, i64::MIN).await.unwrap()[5][3], Value::str("USD"));
+        // the retention bound: rows older than `since` stay in the archive
+        assert_eq!(archive.load(&v2, 11, 3_000).await.unwrap().len(), 3);
+        // rows of the old schema in the log are skipped, not archived wrongly
+        archive.append(&v2, &[record(12, vec![row("d", 6_000, 7)])]).await.unwrap();
+        assert_eq!(archive.load(&v2, 12, i64::MIN).await.unwrap().len(), 6);
+        assert_eq!(Archive::open(lake, std::slice::from_ref(&v2)).await.unwrap().archived_through("orders"), Some(11));
     }
 }

@@ -5,7 +5,8 @@
 //! This registers its stores with Delta for those schemes, configured the usual way:
 //! the vendors' environment variables (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`,
 //! `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …), overridden by the
-//! options given in Weir's configuration (`[lake.options]`, the same keys in lower case).
+//! options given in Weir's configuration (`[snapshot.storage]`, the same keys in lower
+//! case).
 //!
 //! Commits use the default log store: a commit is a put-if-absent of the next log
 //! file, which S3 (and compatible servers) honour with `If-None-Match: *`. Weir is the
@@ -40,8 +41,10 @@ const RETRY_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct CloudStores;
 
+/// A store that cannot be built (a bad option, say) is an error of its own, never
+/// taken for "no table there".
 fn invalid(url: &Url, e: impl std::fmt::Display) -> DeltaTableError {
-    DeltaTableError::InvalidTableLocation(format!("{url}: {e}"))
+    DeltaTableError::Generic(format!("object store for {url}: {e}"))
 }
 
 impl ObjectStoreFactory for CloudStores {

@@ -142,6 +142,7 @@ impl Lake {
         if url.to_file_path().is_ok_and(|dir| !dir.join("_delta_log").exists()) && matches!(as_of, AsOf::Latest) {
             return Ok(None);
         }
+        let url_is_file = url.scheme() == "file";
         let builder = self.builder(url)?;
         let builder = match as_of {
             AsOf::Latest => builder,
@@ -150,7 +151,8 @@ impl Lake {
         };
         match builder.load().await {
             Ok(t) => Ok(Some(t)),
-            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) if matches!(as_of, AsOf::Latest) => Ok(None),
+            Err(DeltaTableError::NotATable(_)) if matches!(as_of, AsOf::Latest) => Ok(None),
+            Err(DeltaTableError::InvalidTableLocation(_)) if matches!(as_of, AsOf::Latest) && url_is_file => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

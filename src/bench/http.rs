@@ -31,7 +31,9 @@ const CLIENTS: usize = 4;
 async fn server(dir: &std::path::Path) -> anyhow::Result<Running> {
     let env = [("WEIR_STREAMS__EVENTS__LATENESS", "100000d"), ("WEIR_STREAMS__EVENTS__RETENTION", "100000d"), ("WEIR_LOG", "warn")];
     let overrides = Overrides { file: None, data_dir: Some(dir.to_path_buf()), http: Some("127.0.0.1:0".into()) };
-    let config = Config::load(&overrides, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
+    // WEIR_* variables of the bench's own environment apply on top (e.g. WEIR_ARCHIVE__ENABLED=false)
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).chain(std::env::vars().filter(|(k, _)| k.starts_with("WEIR_")));
+    let config = Config::load(&overrides, env)?;
     let running = start(config).await?;
     running.engine.create_view(ViewDefinition { sql: WINDOW_SQL.into(), lateness: None, retention: None }).await?;
     Ok(running)
