@@ -84,7 +84,9 @@ impl Default for ArchiveConfig {
 }
 
 fn default_compact_after() -> usize {
-    100
+    // off: delta-rs 1.1's OPTIMIZE plans every rewritten partition against the whole
+    // file list, which is quadratic for tables of many small partitions (docs/benchmarks.md)
+    0
 }
 
 fn yes() -> bool {

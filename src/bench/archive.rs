@@ -1,12 +1,11 @@
 //! `archive`: the raw archive. The events, spread over 10 days, are appended by the real
 //! archive writer to a Delta table partitioned by tenant and date in a temporary
 //! directory, in appends of 200,000 events (what 5-second appends at 40,000 events/s
-//! make); then SQL runs over the archive table, before and after compaction.
+//! make); then SQL runs over the archive table as the appends left it.
 //!
 //! - `archive-append`: the appends, events/s;
-//! - `archive-compact`: compacting the table (`OPTIMIZE`);
-//! - `sql-archive-scan`: a `GROUP BY tenant` over every archived event, 10 runs;
-//! - `sql-archive-tenant-day`: one tenant's day (`WHERE tenant = … AND date = …`), 10 runs.
+//! - `sql-archive-scan`: a `GROUP BY tenant` over every archived event, 3 runs;
+//! - `sql-archive-tenant-day`: one tenant's day (`WHERE tenant = … AND date = …`), 3 runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use super::{bench_streams, Report};
 
 const DAYS: i64 = 10;
 const APPEND: usize = 200_000;
+const RUNS: usize = 3;
 
 fn count_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
@@ -38,7 +38,7 @@ fn count_files(dir: &std::path::Path) -> usize {
 
 async fn latencies(engine: &Arc<Engine>, lake: &Arc<weir_lake::Lake>, archive: &Arc<weir_lake::archive::Archive>, sql: &str) -> anyhow::Result<Vec<Duration>> {
     let mut latencies = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..RUNS {
         let t = Instant::now();
         let tables = weir_queries::live::LakeTables {
             public: Arc::new(weir_lake::SnapshotSchema::new(lake.clone(), vec![], None)?.with_archives(archive, archive.streams())?),
@@ -77,7 +77,6 @@ pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
         archive.append(&events, &[record]).await?;
     }
     let append = Report::new("archive-append", rows.len(), start.elapsed().as_secs_f64(), Vec::new());
-    let files_before = count_files(&lake_dir);
 
     let config = EngineConfig { data_dir: dir.path().join("data"), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None };
     let engine = Arc::new(Engine::open(config).await?);
@@ -85,22 +84,14 @@ pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
     let day = chrono::DateTime::from_timestamp_millis(base + 86_400_000 * (DAYS / 2)).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default();
     let one = format!("SELECT kind, count(*) AS n, sum(value) AS total FROM events WHERE tenant = 'tenant-0007' AND date = '{day}' GROUP BY kind");
     let mut reports = vec![append];
-    let mut measure = |name: &str, latencies: Vec<Duration>, files: usize| {
+    let files = count_files(&lake_dir);
+    println!("  ({files} parquet files, {DAYS} days × 1,000 tenants)");
+    for (name, sql) in [("sql-archive-scan", scan), ("sql-archive-tenant-day", one.as_str())] {
+        let latencies = latencies(&engine, &lake, &archive, sql).await?;
         let seconds = latencies.iter().map(Duration::as_secs_f64).sum();
-        println!("  ({name}: {files} parquet files)");
-        reports.push(Report::new(name, rows.len() * latencies.len(), seconds, latencies));
-    };
-    measure("sql-archive-scan", latencies(&engine, &lake, &archive, scan).await?, files_before);
-    measure("sql-archive-tenant-day", latencies(&engine, &lake, &archive, &one).await?, files_before);
-
-    let start = Instant::now();
-    let (removed, added) = archive.compact(&events.name).await?;
-    let compact = Report::new("archive-compact", rows.len(), start.elapsed().as_secs_f64(), Vec::new());
-    println!("  (compaction: {removed} files into {added})");
-    let files_after = added as usize;
-    measure("sql-archive-scan-compacted", latencies(&engine, &lake, &archive, scan).await?, files_after);
-    measure("sql-archive-tenant-day-compacted", latencies(&engine, &lake, &archive, &one).await?, files_after);
-    reports.insert(1, compact);
+        let report = Report::new(name, rows.len() * latencies.len(), seconds, latencies);
+        reports.push(report);
+    }
     engine.shutdown();
     Ok(reports)
 }
