@@ -11,47 +11,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::StreamExt;
 use weir_engine::value::{Row, Value};
 use weir_engine::wal::Record;
 use weir_engine::{Engine, EngineConfig};
 
-use super::{bench_streams, Report};
+use super::{bench_streams, lake_files, sql_latencies, Report};
 
 const DAYS: i64 = 10;
 const APPEND: usize = 200_000;
 const RUNS: usize = 3;
 
-fn count_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => count_files(&e.path()),
-                    _ => usize::from(e.file_name().to_string_lossy().ends_with(".parquet")),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 async fn latencies(engine: &Arc<Engine>, lake: &Arc<weir_lake::Lake>, archive: &Arc<weir_lake::archive::Archive>, sql: &str) -> anyhow::Result<Vec<Duration>> {
-    let mut latencies = Vec::new();
-    for _ in 0..RUNS {
-        let t = Instant::now();
-        let tables = weir_queries::live::LakeTables {
+    let tables = || {
+        Ok(weir_queries::live::LakeTables {
             public: Arc::new(weir_lake::SnapshotSchema::new(lake.clone(), vec![], None)?.with_archives(archive, archive.streams())?),
             archive: None,
             snapshot: Arc::new(weir_lake::SnapshotFunction::new(lake.clone(), None)),
-        };
-        let mut stream = weir_queries::live::query(engine.clone(), sql, None, Some(tables)).await?;
-        while let Some(batch) = stream.next().await {
-            batch?;
-        }
-        latencies.push(t.elapsed());
-    }
-    Ok(latencies)
+        })
+    };
+    sql_latencies(engine, tables, sql, RUNS).await
 }
 
 pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
@@ -84,7 +62,7 @@ pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
     let day = chrono::DateTime::from_timestamp_millis(base + 86_400_000 * (DAYS / 2)).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default();
     let one = format!("SELECT kind, count(*) AS n, sum(value) AS total FROM events WHERE tenant = 'tenant-0007' AND date = '{day}' GROUP BY kind");
     let mut reports = vec![append];
-    let files = count_files(&lake_dir);
+    let files = lake_files(&lake_dir).iter().filter(|(name, _)| name.ends_with(".parquet")).count();
     println!("  ({files} parquet files, {DAYS} days × 1,000 tenants)");
     for (name, sql) in [("sql-archive-scan", scan), ("sql-archive-tenant-day", one.as_str())] {
         let latencies = latencies(&engine, &lake, &archive, sql).await?;

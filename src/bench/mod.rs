@@ -165,6 +165,40 @@ fn load_input(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
 }
 
 /// The process's peak resident set size, from /proc (0 where unavailable).
+/// Latencies of `runs` runs of `sql` through Weir's query path over the lake's `tables`
+/// (opened afresh each run, as each request does).
+async fn sql_latencies(
+    engine: &Arc<weir_engine::Engine>,
+    tables: impl Fn() -> anyhow::Result<weir_queries::live::LakeTables>,
+    sql: &str,
+    runs: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    use futures::StreamExt;
+    let mut latencies = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        let mut stream = weir_queries::live::query(engine.clone(), sql, None, Some(tables()?)).await?;
+        while let Some(batch) = stream.next().await {
+            batch?;
+        }
+        latencies.push(t.elapsed());
+    }
+    Ok(latencies)
+}
+
+/// Every file under `dir`, recursively: (file name, size in bytes).
+fn lake_files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match entry.metadata() {
+            Ok(m) if m.is_dir() => files.extend(lake_files(&entry.path())),
+            Ok(m) => files.push((entry.file_name().to_string_lossy().into_owned(), m.len())),
+            Err(_) => {}
+        }
+    }
+    files
+}
+
 fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

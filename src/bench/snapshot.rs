@@ -11,32 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures::StreamExt;
 use weir_engine::catalog::ViewDefinition;
 use weir_engine::ingest::Decoded;
 use weir_engine::value::{Row, Value};
 use weir_engine::{Engine, EngineConfig};
 
-use super::{bench_streams, Report};
+use super::{bench_streams, lake_files, sql_latencies, Report};
 
 const VIEW: &str = "CREATE VIEW bench AS SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, kind, \
     count(*) AS n, sum(value) AS total FROM events GROUP BY date_bin(INTERVAL '1 minute', ts), tenant, kind";
 const DAYS: i64 = 100;
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 async fn ingest(engine: &Engine, rows: Vec<Row>) -> anyhow::Result<u64> {
     let (stream, _) = engine.stream("events").context("the events stream")?;
@@ -77,7 +61,7 @@ pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
 
     let start = Instant::now();
     lake.snapshot(engine.capture().await?).await?;
-    let full = Report::new("snapshot-full", view.snapshot().1.len(), start.elapsed().as_secs_f64(), Vec::new()).with_bytes(dir_bytes(&lake_dir));
+    let full = Report::new("snapshot-full", view.snapshot().1.len(), start.elapsed().as_secs_f64(), Vec::new()).with_bytes(lake_files(&lake_dir).iter().map(|(_, len)| len).sum::<u64>());
 
     // 1% more events, on the last day
     let last = events.last().map(|r| match r[1] { Value::Timestamp(t) => t, _ => 0 }).unwrap_or(0);
@@ -89,28 +73,22 @@ pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
     let changed = more.len();
     let epoch = ingest(&engine, more).await?;
     while !view.wait_for(epoch, Duration::from_secs(600)).await {}
-    let before = dir_bytes(&lake_dir);
+    let before = lake_files(&lake_dir).iter().map(|(_, len)| len).sum::<u64>();
     let start = Instant::now();
     lake.snapshot(engine.capture().await?).await?;
-    let incremental = Report::new("snapshot", changed, start.elapsed().as_secs_f64(), Vec::new()).with_bytes(dir_bytes(&lake_dir) - before);
+    let incremental = Report::new("snapshot", changed, start.elapsed().as_secs_f64(), Vec::new()).with_bytes(lake_files(&lake_dir).iter().map(|(_, len)| len).sum::<u64>() - before);
 
     let sql = "SELECT tenant, sum(n) AS n FROM bench GROUP BY tenant ORDER BY n DESC LIMIT 10";
-    let mut latencies = Vec::new();
     let rows_in_view = view.snapshot().1.len();
     let start = Instant::now();
-    for _ in 0..20 {
-        let t = Instant::now();
-        let tables = weir_queries::live::LakeTables {
+    let tables = || {
+        Ok(weir_queries::live::LakeTables {
             public: Arc::new(weir_lake::SnapshotSchema::new(lake.clone(), vec!["bench".into()], None)?),
             archive: None,
             snapshot: Arc::new(weir_lake::SnapshotFunction::new(lake.clone(), None)),
-        };
-        let mut stream = weir_queries::live::query(engine.clone(), sql, None, Some(tables)).await?;
-        while let Some(batch) = stream.next().await {
-            batch?;
-        }
-        latencies.push(t.elapsed());
-    }
+        })
+    };
+    let latencies = sql_latencies(&engine, tables, sql, 20).await?;
     let seconds = start.elapsed().as_secs_f64();
     let sql_report = Report::new("sql", rows_in_view * 20, seconds, latencies);
     engine.shutdown();
