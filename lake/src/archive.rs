@@ -272,6 +272,9 @@ impl Archive {
             .with_partition_columns([tenant, date.to_string()])
             // a column added to the stream is added to the table
             .with_schema_mode(SchemaMode::Merge)
+            // appends are frequent and each adds a file per tenant and date: a checkpoint
+            // every 10 commits (Delta's default is 100) keeps opening the table cheap
+            .with_configuration([("delta.checkpointInterval", Some("10"))])
             .with_commit_properties(commit)
             .await?;
         Ok(())
