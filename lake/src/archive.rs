@@ -129,10 +129,7 @@ impl Archive {
 
     /// A stream's archive as a DataFusion table, if anything was archived.
     pub async fn table(&self, stream: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        match self.lake.open(self.table_url(stream)?, AsOf::Latest).await? {
-            Some(t) => Ok(Some(t.table_provider().await?)),
-            None => Ok(None),
-        }
+        self.lake.provider(self.table_url(stream)?).await
     }
 
     /// Appends the engine's feed every `interval` until `stopping`, reporting progress;

@@ -233,9 +233,9 @@ impl Lake {
         Ok(Snapshot { epoch: capture.epoch, tables, seconds: start.elapsed().as_secs_f64() })
     }
 
-    /// The latest snapshot of a view, as a DataFusion table, if one was written.
-    pub async fn table(&self, view: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        match self.open(self.table_url(view)?, AsOf::Latest).await? {
+    /// The latest version of the table at `url` as a DataFusion table, if there is one.
+    async fn provider(&self, url: Url) -> Result<Option<Arc<dyn TableProvider>>> {
+        match self.open(url, AsOf::Latest).await? {
             Some(table) => Ok(Some(table.table_provider().await?)),
             None => Ok(None),
         }
@@ -316,9 +316,9 @@ impl deltalake::datafusion::catalog::SchemaProvider for SnapshotSchema {
 
     async fn table(&self, name: &str) -> deltalake::datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
         let Some((_, url)) = self.tables.iter().find(|(n, _)| n == name) else { return Ok(None) };
-        let table = self.lake.open(url.clone(), AsOf::Latest).await.map_err(|e| deltalake::datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let table = self.lake.provider(url.clone()).await.map_err(|e| deltalake::datafusion::error::DataFusionError::External(Box::new(e)))?;
         match table {
-            Some(t) => scoped(name, t.table_provider().await?, self.tenant.as_deref()),
+            Some(t) => scoped(name, t, self.tenant.as_deref()),
             None => Ok(None),
         }
     }

@@ -195,6 +195,7 @@ async fn the_lake_on_s3_survives_an_outage_and_recovery_reads_the_archive_back()
     assert_eq!(totals(&live["rows"]), expected);
     let failed = weir.http.post(weir.url("/v1/snapshots")).send().await.unwrap();
     assert!(failed.status().is_server_error(), "a snapshot cannot be written while the store is down: {}", failed.status());
+    // (the outage lasts several archive and snapshot intervals, each failing)
     tokio::time::sleep(Duration::from_secs(2)).await;
     // while archiving fails, the log keeps every segment the archive lacks
     let segments = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
