@@ -30,6 +30,10 @@ pub struct Config {
     /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `weir=debug`).
     #[serde(default = "default_log")]
     pub log: String,
+    /// Dataflow worker threads: views are computed by this many timely workers, each
+    /// taking a share of every batch and exchanging rows by group key.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// Ingest limits.
     #[serde(default)]
     pub ingest: IngestConfig,
@@ -238,6 +242,10 @@ fn default_http() -> String {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./weir-data")
 }
+fn default_workers() -> usize {
+    1
+}
+
 fn default_log() -> String {
     // the Delta Lake kernel reports a table that does not exist yet as an error, and
     // every table load at info

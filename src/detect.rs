@@ -87,6 +87,7 @@ async fn score(samples: &[Sample], times: &[i64], window_ms: i64, args: &DetectA
         quotas: Default::default(),
         detectors: vec![],
         archive: None,
+        workers: 1,
     })
     .await?;
     let (index, _) = engine.stream("series").expect("the stream was just declared");

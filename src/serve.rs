@@ -54,6 +54,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         quotas: config.quotas.settings(),
         detectors: config.anomalies.clone(),
         archive: archive.clone().map(|a| a as Arc<dyn weir_engine::archive::ArchiveSource>),
+        workers: config.workers,
     })
     .await
     .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;

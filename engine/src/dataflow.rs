@@ -1,4 +1,4 @@
-//! The dataflow worker: one timely worker thread that owns every view's dataflow.
+//! The dataflow: timely worker threads that own every view's dataflow.
 //!
 //! ```text
 //!   ingest gate ──Command::Ingest(epoch, rows)──▶ ┌──────────── worker thread ────────────┐
@@ -20,18 +20,29 @@
 //! The worker keeps every event still within its stream's retention. A new view is
 //! seeded with them, and when the watermark moves on, events that fall out of retention
 //! are retracted from every view, which keeps state bounded.
+//!
+//! With several workers (`workers` > 1), a dispatcher thread hands each worker an equal
+//! share of every batch's events (each retains and retracts its own share); every worker
+//! builds every view's dataflow, whose arrangements exchange rows by key, and each view's
+//! output is exchanged to worker 0, the only one that publishes to the store and runs
+//! detectors. Timely's progress tracking is global, so worker 0's probe passing an epoch
+//! means every worker's changes for it have arrived: readers still see whole epochs.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
+use differential_dataflow::AsCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::{Exchange, Operator, Probe};
 use timely::dataflow::Scope;
 use tokio::sync::oneshot;
 
@@ -180,125 +191,198 @@ impl ViewRuntime {
     }
 }
 
-/// Runs the dataflow worker on the current thread until `Shutdown` or until every
-/// sender is gone.
-pub fn run_worker(streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Receiver<Command>, start_epoch: Epoch) {
-    // timely wants a closure it could share between workers; there is only one
-    let commands = std::sync::Mutex::new(commands);
-    timely::execute_directly(move |worker| {
-        let commands = commands.lock().unwrap_or_else(|e| e.into_inner());
-        let mut retained: Vec<RetainedStream> = streams
-            .iter()
-            .map(|s| RetainedStream { events: BTreeMap::new(), watermark: i64::MIN, retention_ms: s.policy.retention_ms, merged: s.weighted.then(Default::default) })
-            .collect();
-        let mut views: Vec<ViewRuntime> = Vec::new();
-        let mut detectors: Vec<Detector> = Vec::new();
-        let mut clock_closed_at = 0i64;
-        // the epoch every input has been advanced to: all epochs below it are closed
-        let mut frontier: Epoch = start_epoch + 1;
-        let mut last_epoch: Epoch = start_epoch;
+/// Runs the dataflow on `workers` timely worker threads (one: on the current thread)
+/// until `Shutdown` or until every sender is gone.
+pub fn run_worker(workers: usize, streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Receiver<Command>, start_epoch: Epoch) {
+    if workers <= 1 {
+        // timely wants a closure it could share between workers; there is only one
+        let commands = Mutex::new(commands);
+        timely::execute_directly(move |worker| {
+            let commands = commands.lock().unwrap_or_else(|e| e.into_inner());
+            work(worker, &streams, &store, &commands, start_epoch);
+        });
+        return;
+    }
+    let (senders, receivers): (Vec<Sender<Command>>, Vec<Receiver<Command>>) = (0..workers).map(|_| mpsc::channel()).unzip();
+    let receivers: Vec<Mutex<Option<Receiver<Command>>>> = receivers.into_iter().map(|r| Mutex::new(Some(r))).collect();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let commands = receivers[worker.index()].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each worker takes its own queue once");
+        work(worker, &streams, &store, &commands, start_epoch);
+    });
+    match guards {
+        Ok(guards) => {
+            dispatch(commands, &senders);
+            drop(senders);
+            drop(guards); // joins the workers
+        }
+        Err(e) => tracing::error!(error = %e, "the dataflow workers did not start"),
+    }
+}
 
-        loop {
-            let busy = views.iter().any(|v| v.probe.less_than(v.time()));
-            let first = if busy {
-                commands.try_recv().ok()
-            } else {
-                match commands.recv_timeout(Duration::from_millis(200)) {
-                    Ok(c) => Some(c),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
+/// Hands the engine's commands to the workers: every worker gets an equal share of each
+/// batch's events and builds and drops every view; worker 0 alone answers, captures and
+/// runs detectors (the workers decide alike, so the others' answers are dropped).
+fn dispatch(commands: Receiver<Command>, workers: &[Sender<Command>]) {
+    let n = workers.len();
+    let send = |i: usize, command: Command| {
+        let _ = workers[i].send(command);
+    };
+    let ignored = || oneshot::channel().0;
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Ingest { epoch, batches } => {
+                let mut shares: Vec<Vec<Batch>> = (0..n).map(|_| Vec::with_capacity(batches.len())).collect();
+                for mut batch in batches {
+                    let size = batch.events.len().div_ceil(n);
+                    for (i, share) in shares.iter_mut().enumerate().skip(1).rev() {
+                        let events = batch.events.split_off((i * size).min(batch.events.len()));
+                        share.push(Batch { epoch: batch.epoch, stream: batch.stream, events, watermark: batch.watermark });
+                    }
+                    shares[0].push(batch);
                 }
-            };
-            let mut next = first;
-            let mut handled = 0;
-            let mut stop = false;
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Ingest { epoch, batches } => {
-                        last_epoch = last_epoch.max(epoch);
-                        for batch in batches {
-                            last_epoch = last_epoch.max(batch.epoch);
-                            ingest(batch, &mut retained, &mut views);
-                        }
-                        frontier = last_epoch + 1;
-                        for input in views.iter_mut().flat_map(|v| v.inputs.iter_mut()) {
-                            input.session.advance_to(frontier);
-                        }
+                for (i, batches) in shares.into_iter().enumerate() {
+                    send(i, Command::Ingest { epoch, batches });
+                }
+            }
+            Command::CreateView { plan, time, reply } => {
+                for i in 1..n {
+                    send(i, Command::CreateView { plan: plan.clone(), time, reply: ignored() });
+                }
+                send(0, Command::CreateView { plan, time, reply });
+            }
+            Command::DropView { name, reply } => {
+                for i in 1..n {
+                    send(i, Command::DropView { name: name.clone(), reply: ignored() });
+                }
+                send(0, Command::DropView { name, reply });
+            }
+            command @ (Command::CreateDetector { .. } | Command::DropDetector { .. } | Command::Capture { .. }) => send(0, command),
+            Command::Shutdown => break,
+        }
+    }
+    for i in 0..n {
+        send(i, Command::Shutdown);
+    }
+}
+
+/// One worker's loop: takes commands, feeds its inputs, steps the dataflow and (worker 0)
+/// publishes completed epochs.
+fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: &Arc<ViewStore>, commands: &Receiver<Command>, start_epoch: Epoch) {
+    let leader = worker.index() == 0;
+    let mut retained: Vec<RetainedStream> = streams
+        .iter()
+        .map(|s| RetainedStream { events: BTreeMap::new(), watermark: i64::MIN, retention_ms: s.policy.retention_ms, merged: s.weighted.then(Default::default) })
+        .collect();
+    let mut views: Vec<ViewRuntime> = Vec::new();
+    let mut detectors: Vec<Detector> = Vec::new();
+    let mut clock_closed_at = 0i64;
+    // the epoch every input has been advanced to: all epochs below it are closed
+    let mut frontier: Epoch = start_epoch + 1;
+    let mut last_epoch: Epoch = start_epoch;
+
+    loop {
+        let busy = views.iter().any(|v| v.probe.less_than(v.time()));
+        let first = if busy {
+            commands.try_recv().ok()
+        } else {
+            match commands.recv_timeout(Duration::from_millis(200)) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        let mut next = first;
+        let mut handled = 0;
+        let mut stop = false;
+        while let Some(command) = next.take() {
+            match command {
+                Command::Ingest { epoch, batches } => {
+                    last_epoch = last_epoch.max(epoch);
+                    for batch in batches {
+                        last_epoch = last_epoch.max(batch.epoch);
+                        ingest(batch, &mut retained, &mut views);
                     }
-                    Command::CreateView { plan, time, reply } => {
-                        let result = create_view(worker, &streams, &retained, &mut views, plan, time, frontier);
-                        let _ = reply.send(result);
+                    frontier = last_epoch + 1;
+                    for input in views.iter_mut().flat_map(|v| v.inputs.iter_mut()) {
+                        input.session.advance_to(frontier);
                     }
-                    Command::CreateDetector { detector, reply } => {
-                        let result = if detectors.iter().any(|d| d.name() == detector.def.name) {
-                            Err(Error::AlreadyExists(format!("a detector named {} exists", detector.def.name)))
-                        } else {
-                            let mut d = Detector::new(*detector);
-                            // seed it with the view as published so far; later changes follow
-                            if let Some(view) = store.get(d.view()) {
-                                let rows: Vec<(Row, isize)> = view.snapshot().1.into_iter().map(|r| (r, 1)).collect();
-                                d.apply(&rows, crate::time::now_ms());
-                                publish_anomalies(&store, complete_through(&views, last_epoch), d.close(None));
-                            }
-                            detectors.push(d);
+                }
+                Command::CreateView { plan, time, reply } => {
+                    let result = create_view(worker, streams, &retained, &mut views, plan, time, frontier);
+                    let _ = reply.send(result);
+                }
+                Command::CreateDetector { detector, reply } => {
+                    let result = if detectors.iter().any(|d| d.name() == detector.def.name) {
+                        Err(Error::AlreadyExists(format!("a detector named {} exists", detector.def.name)))
+                    } else {
+                        let mut d = Detector::new(*detector);
+                        // seed it with the view as published so far; later changes follow
+                        if let Some(view) = store.get(d.view()) {
+                            let rows: Vec<(Row, isize)> = view.snapshot().1.into_iter().map(|r| (r, 1)).collect();
+                            d.apply(&rows, crate::time::now_ms());
+                            publish_anomalies(store, complete_through(&views, last_epoch), d.close(None));
+                        }
+                        detectors.push(d);
+                        Ok(())
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::DropDetector { name, reply } => {
+                    let result = match detectors.iter().position(|d| d.name() == name) {
+                        Some(i) => {
+                            let d = detectors.swap_remove(i);
+                            publish_anomalies(store, complete_through(&views, last_epoch), d.rows().into_iter().map(|r| (r, -1)).collect());
                             Ok(())
-                        };
-                        let _ = reply.send(result);
-                    }
-                    Command::DropDetector { name, reply } => {
-                        let result = match detectors.iter().position(|d| d.name() == name) {
-                            Some(i) => {
-                                let d = detectors.swap_remove(i);
-                                publish_anomalies(&store, complete_through(&views, last_epoch), d.rows().into_iter().map(|r| (r, -1)).collect());
-                                Ok(())
-                            }
-                            None => Err(Error::NotFound(format!("no detector named {name}"))),
-                        };
-                        let _ = reply.send(result);
-                    }
-                    Command::Capture { reply } => {
-                        let epoch = complete_through(&views, last_epoch);
-                        // built-in views outside the dataflow (quota_usage, anomalies) come as they are
-                        let captured = store.list().into_iter().filter_map(|view| view.rows_at(epoch).map(|rows| (view.info.clone(), rows))).collect();
-                        let watermarks = streams.iter().zip(&retained).filter(|(_, r)| r.watermark != i64::MIN).map(|(s, r)| (s.name.clone(), r.watermark)).collect();
-                        let _ = reply.send(Capture { epoch, views: captured, watermarks });
-                    }
-                    Command::DropView { name, reply } => {
-                        let result = match views.iter().position(|v| v.name == name) {
-                            Some(i) => {
-                                let v = views.swap_remove(i);
-                                worker.drop_dataflow(v.dataflow);
-                                Ok(())
-                            }
-                            None => Err(Error::NotFound(format!("no view named {name}"))),
-                        };
-                        let _ = reply.send(result);
-                    }
-                    Command::Shutdown => stop = true,
+                        }
+                        None => Err(Error::NotFound(format!("no detector named {name}"))),
+                    };
+                    let _ = reply.send(result);
                 }
-                handled += 1;
-                // take more commands while they are queued, but keep stepping the worker
-                if !stop && handled < 64 {
-                    next = commands.try_recv().ok();
+                Command::Capture { reply } => {
+                    let epoch = complete_through(&views, last_epoch);
+                    // built-in views outside the dataflow (quota_usage, anomalies) come as they are
+                    let captured = store.list().into_iter().filter_map(|view| view.rows_at(epoch).map(|rows| (view.info.clone(), rows))).collect();
+                    let watermarks = streams.iter().zip(&retained).filter(|(_, r)| r.watermark != i64::MIN).map(|(s, r)| (s.name.clone(), r.watermark)).collect();
+                    let _ = reply.send(Capture { epoch, views: captured, watermarks });
                 }
+                Command::DropView { name, reply } => {
+                    let result = match views.iter().position(|v| v.name == name) {
+                        Some(i) => {
+                            let v = views.swap_remove(i);
+                            worker.drop_dataflow(v.dataflow);
+                            Ok(())
+                        }
+                        None => Err(Error::NotFound(format!("no view named {name}"))),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Shutdown => stop = true,
             }
-            if stop {
-                break;
-            }
-            for input in views.iter_mut().flat_map(|v| v.inputs.iter_mut()) {
-                input.session.flush();
-            }
-            worker.step();
-            publish(&mut views, &mut detectors, &store, last_epoch);
-            // a view whose every series went quiet still closes windows, by the clock
-            let now = crate::time::now_ms();
-            if !detectors.is_empty() && now - clock_closed_at >= 1000 {
-                clock_closed_at = now;
-                let changes = detectors.iter_mut().flat_map(|d| d.close(Some(now))).collect();
-                publish_anomalies(&store, complete_through(&views, last_epoch), changes);
+            handled += 1;
+            // take more commands while they are queued, but keep stepping the worker
+            if !stop && handled < 64 {
+                next = commands.try_recv().ok();
             }
         }
-    });
+        if stop {
+            break;
+        }
+        for input in views.iter_mut().flat_map(|v| v.inputs.iter_mut()) {
+            input.session.flush();
+        }
+        worker.step();
+        if !leader {
+            continue;
+        }
+        publish(&mut views, &mut detectors, store, last_epoch);
+        // a view whose every series went quiet still closes windows, by the clock
+        let now = crate::time::now_ms();
+        if !detectors.is_empty() && now - clock_closed_at >= 1000 {
+            clock_closed_at = now;
+            let changes = detectors.iter_mut().flat_map(|d| d.close(Some(now))).collect();
+            publish_anomalies(store, complete_through(&views, last_epoch), changes);
+        }
+    }
 }
 
 fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntime]) {
@@ -384,8 +468,18 @@ fn create_view(
     let count = sources.len();
     let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
         let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();
-        let (probe, _) = build(&root, &collections, scope)
-            .inspect_batch(move |_, updates| sink.borrow_mut().extend(updates.iter().cloned()))
+        let mut changes = build(&root, &collections, scope);
+        if scope.peers() > 1 {
+            // worker 0 publishes every view's changes
+            changes = changes.inner.exchange(|_| 0).as_collection();
+        }
+        // move each update to the sink (no copy); the probe after it passes an epoch only
+        // once the sink has taken all of the epoch's updates
+        let (probe, _) = changes
+            .inner
+            .unary::<CapacityContainerBuilder<Vec<(Row, Epoch, isize)>>, _, _, _>(Pipeline, "Publish", move |_, _| {
+                move |input, _output| input.for_each(|_, updates| sink.borrow_mut().append(updates))
+            })
             .probe();
         (sessions, probe)
     });
@@ -427,14 +521,16 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewSt
             continue;
         }
         let mut ready: BTreeMap<Epoch, Vec<(Row, isize)>> = BTreeMap::new();
-        v.output.borrow_mut().retain(|(row, t, diff)| {
-            if *t < complete_below {
-                ready.entry(*t).or_default().push((row.clone(), *diff));
-                false
+        let mut output = v.output.borrow_mut();
+        let pending = std::mem::take(&mut *output);
+        for (row, t, diff) in pending {
+            if t < complete_below {
+                ready.entry(t).or_default().push((row, diff));
             } else {
-                true
+                output.push((row, t, diff));
             }
-        });
+        }
+        drop(output);
         for (epoch, mut changes) in ready {
             differential_dataflow::consolidation::consolidate(&mut changes);
             let now = crate::time::now_ms();
@@ -571,7 +667,9 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
             // emit that row exactly while the input is empty.
             let empty_row: Row = aggregates.iter().map(|a| if a.func == AggFunc::Count { Value::Int(0) } else { Value::Null }).collect();
             let present = grouped.clone().map(|_| ());
-            let (_constant_input, constant) = scope.new_collection_from(vec![()]);
+            // (one worker holds the constant, or each would add its own)
+            let constant_rows = if scope.index() == 0 { vec![()] } else { Vec::new() };
+            let (_constant_input, constant) = scope.new_collection_from(constant_rows);
             let empty = constant.concat(present.negate()).map(move |()| empty_row.clone());
             grouped.concat(empty)
         }

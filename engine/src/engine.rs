@@ -43,6 +43,8 @@ pub struct EngineConfig {
     /// The raw archive, if there is one: recovery reads the rows of deleted log segments
     /// from it, and the log is truncated once archived (see [`crate::archive`]).
     pub archive: Option<Arc<dyn ArchiveSource>>,
+    /// Dataflow worker threads (at least 1); see [`crate::dataflow`].
+    pub workers: usize,
 }
 
 /// A running engine.
@@ -88,7 +90,7 @@ struct Running {
 impl Engine {
     /// Opens the data directory, recovers every acknowledged event, and starts.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
-        let EngineConfig { data_dir, streams, views, segment_bytes, quotas, detectors, archive } = config;
+        let EngineConfig { data_dir, streams, views, segment_bytes, quotas, detectors, archive, workers } = config;
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
         let streams = with_builtin_streams(streams);
         let quotas = Arc::new(Quotas::open(quotas, Some(&data_dir))?);
@@ -171,7 +173,7 @@ impl Engine {
             let store = store.clone();
             std::thread::Builder::new()
                 .name("weir-dataflow".into())
-                .spawn(move || run_worker(streams, store, dataflow_rx, last_epoch))
+                .spawn(move || run_worker(workers.max(1), streams, store, dataflow_rx, last_epoch))
                 .map_err(|e| Error::io("starting the dataflow thread", e))?;
         }
         let batches: Vec<Batch> = recovered

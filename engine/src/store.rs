@@ -208,10 +208,17 @@ impl LiveView {
         state.epoch = epoch;
         if !changes.is_empty() {
             for (row, diff) in &changes {
-                let count = state.rows.entry(row.clone()).or_insert(0);
-                *count += diff;
-                if *count == 0 {
-                    state.rows.remove(row);
+                // a row already present (a retraction, say) is not copied
+                match state.rows.get_mut(row) {
+                    Some(count) => {
+                        *count += diff;
+                        if *count == 0 {
+                            state.rows.remove(row);
+                        }
+                    }
+                    None => {
+                        state.rows.insert(row.clone(), *diff);
+                    }
                 }
             }
             let changes = Arc::new(EpochChanges { epoch, changes });

@@ -152,11 +152,11 @@ async fn oracle(select: &str, events: &Stream, accepted: &[Row], orders: &[Row])
     sorted(weir_queries::query_rows(&tables, select).await.unwrap())
 }
 
-async fn check(batches: Vec<(Vec<GenEvent>, Vec<GenOrder>)>) -> Result<(), TestCaseError> {
+async fn check(batches: Vec<(Vec<GenEvent>, Vec<GenOrder>)>, workers: usize) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
     let views = VIEWS.iter().map(|(name, select)| ViewDefinition { sql: format!("CREATE VIEW {name} AS {select}"), lateness: None, retention: None }).collect();
-    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![orders_stream()], views, segment_bytes: SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None };
+    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![orders_stream()], views, segment_bytes: SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None, workers };
     let engine = Engine::open(config).await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
     let (orders_index, _) = engine.stream("orders").unwrap();
@@ -189,7 +189,7 @@ async fn check(batches: Vec<(Vec<GenEvent>, Vec<GenOrder>)>) -> Result<(), TestC
             prop_assert!(view.wait_for(epoch, Duration::from_secs(10)).await, "view {name} never reached epoch {epoch}");
             let (_, live) = view.snapshot();
             let expected = oracle(select, &events_stream, &accepted, &accepted_orders).await;
-            prop_assert_eq!(sorted(live), expected, "view {} after epoch {}", name, epoch);
+            prop_assert_eq!(sorted(live), expected, "view {} after epoch {} on {} workers", name, epoch, workers);
         }
     }
     engine.shutdown();
@@ -205,9 +205,13 @@ proptest! {
     })]
 
     #[test]
-    fn views_equal_batch_recomputation(batches in prop::collection::vec((prop::collection::vec(event(), 1..25), prop::collection::vec(order(), 0..6)), 1..6)) {
+    fn views_equal_batch_recomputation(
+        batches in prop::collection::vec((prop::collection::vec(event(), 1..25), prop::collection::vec(order(), 0..6)), 1..6),
+        // one dataflow worker, or several sharing each batch
+        workers in 1usize..=3,
+    ) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(check(batches))?;
+        runtime.block_on(check(batches, workers))?;
     }
 }
 
@@ -217,7 +221,7 @@ proptest! {
 async fn late_views_and_restarts_see_every_accepted_event() {
     let dir = tempfile::tempdir().unwrap();
     let events_stream = Stream::events(TimePolicy::DEFAULT);
-    let open = || Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views: vec![], segment_bytes: SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None });
+    let open = || Engine::open(EngineConfig { data_dir: dir.path().to_path_buf(), streams: vec![], views: vec![], segment_bytes: SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None, workers: 1 });
     let engine = open().await.unwrap();
     let (stream, _) = engine.stream("events").unwrap();
     let sample: Vec<GenEvent> = (0..40)

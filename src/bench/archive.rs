@@ -32,7 +32,7 @@ async fn latencies(engine: &Arc<Engine>, lake: &Arc<weir_lake::Lake>, archive: &
     sql_latencies(engine, tables, sql, RUNS).await
 }
 
-pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
+pub async fn run(rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Vec<Report>> {
     let dir = tempfile::tempdir()?;
     let streams = weir_engine::engine::with_builtin_streams(bench_streams());
     let events = streams.iter().find(|s| s.name == "events").context("the events stream")?.clone();
@@ -56,7 +56,7 @@ pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
     }
     let append = Report::new("archive-append", rows.len(), start.elapsed().as_secs_f64(), Vec::new());
 
-    let config = EngineConfig { data_dir: dir.path().join("data"), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None };
+    let config = EngineConfig { data_dir: dir.path().join("data"), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None, workers };
     let engine = Arc::new(Engine::open(config).await?);
     let scan = "SELECT tenant, count(*) AS n, sum(value) AS total FROM events GROUP BY tenant ORDER BY n DESC LIMIT 10";
     let day = chrono::DateTime::from_timestamp_millis(base + 86_400_000 * (DAYS / 2)).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default();

@@ -31,22 +31,22 @@ pub const DETECTOR: &str = r#"{"name": "bench", "view": "bench", "series": ["ten
 const BATCH: usize = 10_000;
 
 /// Runs a view over the `events` stream.
-pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Report> {
     let mut streams = bench_streams();
-    run_on(workload, streams.remove(0), sql, None, rows)
+    run_on(workload, streams.remove(0), sql, None, rows, workers)
 }
 
 /// Runs a view over `stream` (fed `rows`, which must be of its schema), with an anomaly
 /// detector over it if given; the clock stops when the view (and the detector's output)
 /// reflects the last epoch.
-pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>, rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Report> {
     let time_column = stream.time;
     let streams = Arc::new(vec![stream, bench_streams().pop().expect("the rejected stream")]);
     let store = Arc::new(ViewStore::default());
     let (tx, rx) = mpsc::channel();
     let worker = {
         let (streams, store) = (streams.clone(), store.clone());
-        std::thread::spawn(move || run_worker(streams, store, rx, 0))
+        std::thread::spawn(move || run_worker(workers, streams, store, rx, 0))
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let plan = runtime.block_on(Planner::new(&streams)?.plan(sql))?;

@@ -28,8 +28,9 @@ use crate::serve::{start, Running};
 const BATCH: usize = 1_000;
 const CLIENTS: usize = 4;
 
-async fn server(dir: &std::path::Path) -> anyhow::Result<Running> {
-    let env = [("WEIR_STREAMS__EVENTS__LATENESS", "100000d"), ("WEIR_STREAMS__EVENTS__RETENTION", "100000d"), ("WEIR_LOG", "warn")];
+async fn server(dir: &std::path::Path, workers: usize) -> anyhow::Result<Running> {
+    let workers = workers.to_string();
+    let env = [("WEIR_STREAMS__EVENTS__LATENESS", "100000d"), ("WEIR_STREAMS__EVENTS__RETENTION", "100000d"), ("WEIR_LOG", "warn"), ("WEIR_WORKERS", workers.as_str())];
     let overrides = Overrides { file: None, data_dir: Some(dir.to_path_buf()), http: Some("127.0.0.1:0".into()) };
     // WEIR_* variables of the bench's own environment apply on top (e.g. WEIR_ARCHIVE__ENABLED=false)
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).chain(std::env::vars().filter(|(k, _)| k.starts_with("WEIR_")));
@@ -53,9 +54,9 @@ fn bodies(rows: &[Row]) -> Vec<String> {
         .collect()
 }
 
-pub async fn ingest(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+pub async fn ingest(workload: &str, rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
-    let running = server(dir.path()).await?;
+    let running = server(dir.path(), workers).await?;
     let url = format!("http://{}/v1/streams/events/events", running.address);
     let bodies = Arc::new(bodies(rows));
     let next = Arc::new(AtomicUsize::new(0));
@@ -98,9 +99,9 @@ pub async fn ingest(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Repo
     Ok(Report::new(workload, rows.len(), seconds, latencies))
 }
 
-pub async fn freshness(workload: &str, rows: &Arc<Vec<Row>>, rate: u64) -> anyhow::Result<Report> {
+pub async fn freshness(workload: &str, rows: &Arc<Vec<Row>>, rate: u64, workers: usize) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
-    let running = server(dir.path()).await?;
+    let running = server(dir.path(), workers).await?;
     let base = format!("http://{}", running.address);
     let http = reqwest::Client::new();
     // ten seconds of offered load at most

@@ -232,9 +232,10 @@ fn print_row(report: &Report) {
 
 /// Runs the workloads, prints the table, writes the JSON report.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.workers != 1 {
-        bail!("--workers {}: the dataflow runs one worker today; multi-worker execution is not built yet", args.workers);
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
     }
+    let workers = args.workers;
     let workloads: Vec<String> = if args.workloads.is_empty() { WORKLOADS.iter().map(|s| s.to_string()).collect() } else { args.workloads.clone() };
     for w in &workloads {
         if !WORKLOADS.contains(&w.as_str()) {
@@ -252,20 +253,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for w in &workloads {
         let one = |r: Report| vec![r];
         let results = match w.as_str() {
-            "engine-window" => one(engine::run(w, engine::WINDOW_SQL, &events)?),
-            "engine-hop" => one(engine::run(w, engine::HOP_SQL, &events)?),
-            "engine-distinct" => one(engine::run(w, engine::DISTINCT_SQL, &events)?),
-            "engine-quota" => one(runtime.block_on(quota::run(w, &events))?),
-            "engine-anomaly" => one(engine::run_on(w, bench_streams().remove(0), engine::WINDOW_SQL, Some(engine::DETECTOR), &events)?),
-            "ingest-http" => one(runtime.block_on(http::ingest(w, &events))?),
-            "freshness" => one(runtime.block_on(http::freshness(w, &events, args.rate))?),
-            "recovery" => one(runtime.block_on(recovery::run(w, &events))?),
-            "snapshot" => runtime.block_on(snapshot::run(&events))?,
-            "archive" => runtime.block_on(archive::run(&events))?,
-            w if w.starts_with("nexmark-") => one(nexmark::run(w, &bids)?),
+            "engine-window" => one(engine::run(w, engine::WINDOW_SQL, &events, workers)?),
+            "engine-hop" => one(engine::run(w, engine::HOP_SQL, &events, workers)?),
+            "engine-distinct" => one(engine::run(w, engine::DISTINCT_SQL, &events, workers)?),
+            "engine-quota" => one(runtime.block_on(quota::run(w, &events, workers))?),
+            "engine-anomaly" => one(engine::run_on(w, bench_streams().remove(0), engine::WINDOW_SQL, Some(engine::DETECTOR), &events, workers)?),
+            "ingest-http" => one(runtime.block_on(http::ingest(w, &events, workers))?),
+            "freshness" => one(runtime.block_on(http::freshness(w, &events, args.rate, workers))?),
+            "recovery" => one(runtime.block_on(recovery::run(w, &events, workers))?),
+            "snapshot" => runtime.block_on(snapshot::run(&events, workers))?,
+            "archive" => runtime.block_on(archive::run(&events, workers))?,
+            w if w.starts_with("nexmark-") => one(nexmark::run(w, &bids, workers)?),
             _ => unreachable!("checked above"),
         };
-        for report in results {
+        for mut report in results {
+            report.workers = workers;
             print_row(&report);
             reports.push(report);
         }

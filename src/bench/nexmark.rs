@@ -90,7 +90,7 @@ pub fn bids(n: usize) -> Vec<Row> {
         .collect()
 }
 
-pub fn run(workload: &str, bids: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+pub fn run(workload: &str, bids: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Report> {
     let (_, sql) = QUERIES.iter().find(|(w, _)| *w == workload).expect("a known query");
-    run_on(workload, bid_stream(), sql, None, bids)
+    run_on(workload, bid_stream(), sql, None, bids, workers)
 }

@@ -18,12 +18,12 @@ use super::{bench_streams, Report};
 const BATCH: usize = 1_000;
 const CLIENTS: usize = 4;
 
-pub async fn run(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+pub async fn run(workload: &str, rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let limit = Some(u64::MAX / 2);
     let plan = Plan { events_per_minute: limit, events_per_hour: limit, events_per_day: limit, events_per_month: limit, bytes_per_day: limit, mode: Some(Mode::Hard) };
     let quotas = QuotaSettings { default: plan, ..Default::default() };
-    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas, detectors: vec![], archive: None };
+    let config = EngineConfig { data_dir: dir.path().to_path_buf(), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas, detectors: vec![], archive: None, workers };
     let engine = Arc::new(Engine::open(config).await?);
     let (stream, _) = engine.stream("events").context("the events stream")?;
     let batches: Vec<Decoded> = rows

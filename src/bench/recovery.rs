@@ -17,14 +17,14 @@ use super::{bench_streams, Report};
 
 const BATCH: usize = 10_000;
 
-async fn open(dir: &std::path::Path) -> anyhow::Result<Engine> {
-    Ok(Engine::open(EngineConfig { data_dir: dir.to_path_buf(), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None }).await?)
+async fn open(dir: &std::path::Path, workers: usize) -> anyhow::Result<Engine> {
+    Ok(Engine::open(EngineConfig { data_dir: dir.to_path_buf(), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None, workers }).await?)
 }
 
-pub async fn run(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report> {
+pub async fn run(workload: &str, rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     {
-        let engine = open(dir.path()).await?;
+        let engine = open(dir.path(), workers).await?;
         engine.create_view(ViewDefinition { sql: WINDOW_SQL.into(), lateness: None, retention: None }).await?;
         let (stream, _) = engine.stream("events").context("the events stream")?;
         for chunk in rows.chunks(BATCH) {
@@ -37,7 +37,7 @@ pub async fn run(workload: &str, rows: &Arc<Vec<Row>>) -> anyhow::Result<Report>
         engine.shutdown();
     }
     let start = Instant::now();
-    let engine = open(dir.path()).await?;
+    let engine = open(dir.path(), workers).await?;
     let seconds = start.elapsed().as_secs_f64();
     if engine.recovered_events() != rows.len() {
         bail!("recovered {} events of {}", engine.recovered_events(), rows.len());

@@ -47,9 +47,9 @@ fn spread(rows: &[Row]) -> Vec<Row> {
     }).collect()
 }
 
-pub async fn run(rows: &Arc<Vec<Row>>) -> anyhow::Result<Vec<Report>> {
+pub async fn run(rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Vec<Report>> {
     let dir = tempfile::tempdir()?;
-    let config = EngineConfig { data_dir: dir.path().join("data"), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None };
+    let config = EngineConfig { data_dir: dir.path().join("data"), streams: bench_streams(), views: vec![], segment_bytes: weir_engine::wal::SEGMENT_BYTES, quotas: Default::default(), detectors: vec![], archive: None, workers };
     let engine = Arc::new(Engine::open(config).await?);
     engine.create_view(ViewDefinition { sql: VIEW.into(), lateness: None, retention: None }).await?;
     let events = spread(rows);

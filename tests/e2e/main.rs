@@ -11,6 +11,7 @@ mod s3;
 mod snapshots;
 mod sql;
 mod weir;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
