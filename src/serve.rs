@@ -19,6 +19,32 @@ pub struct Running {
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     archiver: Option<JoinHandle<()>>,
+    _background: Background,
+}
+
+/// The runtime of the lake's writers (the raw archive, periodic snapshots): Arrow and
+/// parquet encoding take seconds of CPU at a time, which on the HTTP runtime's threads
+/// would stall requests and subscribers queued behind them.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    fn start() -> anyhow::Result<Background> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-lake").enable_all().build().context("starting the lake writers' runtime")?;
+        Ok(Background(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("the runtime runs until dropped").handle()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // (dropping a runtime from async code would panic; this does not wait)
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Writes every view to the lake as of one epoch.
@@ -66,11 +92,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let alerting = crate::alerting::Alerting::start(engine.clone(), &config.alerting)?;
     let keys = crate::auth::Keys::new(&config.auth, &address)?;
+    let background = Background::start()?;
     let archiver = match (&archive, engine.take_archive_feed()) {
         (Some(archive), Some(feed)) => {
             let every = weir_engine::time::parse_duration_ms(config.archive.interval.as_deref().unwrap_or("5s"))?.max(10);
             let run = archive.clone().run(feed, engine.archive_progress().clone(), std::time::Duration::from_millis(every as u64), config.archive.compact_after, stop_rx.clone());
-            let writer = tokio::spawn(run);
+            let writer = background.handle().spawn(run);
             Some(tokio::spawn(async move {
                 if let Err(e) = writer.await {
                     tracing::error!(error = %e, "the archive writer stopped: nothing more is archived and the log is no longer truncated until Weir restarts");
@@ -82,7 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let interval = weir_engine::time::parse_duration_ms(config.snapshot.interval.as_deref().unwrap_or("10s"))?;
     if interval > 0 {
         let (engine, lake, mut stopping) = (engine.clone(), lake.clone(), stop_rx.clone());
-        tokio::spawn(async move {
+        background.handle().spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval as u64));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
@@ -108,7 +135,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .into_future(),
     );
     tracing::info!(%address, "serving the HTTP API");
-    Ok(Running { address, engine, stop, server, archiver })
+    Ok(Running { address, engine, stop, server, archiver, _background: background })
 }
 
 impl Running {
