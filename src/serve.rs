@@ -29,7 +29,20 @@ struct Background(Option<tokio::runtime::Runtime>);
 
 impl Background {
     fn start() -> anyhow::Result<Background> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("weir-lake").enable_all().build().context("starting the lake writers' runtime")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weir-lake")
+            // below the threads that ingest, compute and serve (nice ~9): when the cores are
+            // all busy, the writers yield most of their share but are never starved (they
+            // must keep up, or the log is not truncated)
+            .on_thread_start(|| {
+                if let Ok(low) = thread_priority::ThreadPriorityValue::try_from(25u8) {
+                    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Crossplatform(low));
+                }
+            })
+            .enable_all()
+            .build()
+            .context("starting the lake writers' runtime")?;
         Ok(Background(Some(runtime)))
     }
 
