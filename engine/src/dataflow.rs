@@ -116,7 +116,8 @@ pub enum Command {
         plan: ViewPlan,
         /// Its time policy (already clamped to its stream's).
         time: ViewTime,
-        /// Where to say it is running.
+        /// Where to say it runs: once its initial contents (from the retained events) are
+        /// published, so that a reader right after sees them.
         reply: oneshot::Sender<Result<()>>,
     },
     /// Attach an anomaly detector to a view's output.
@@ -178,6 +179,10 @@ struct ViewRuntime {
     dataflow: usize,
     /// The latest epoch published to the store.
     published: Epoch,
+    /// Whom to tell once the view holds its initial contents: when every epoch below
+    /// `seeded_below` is published.
+    created: Option<oneshot::Sender<Result<()>>>,
+    seeded_below: Epoch,
 }
 
 impl ViewRuntime {
@@ -199,20 +204,26 @@ pub fn run_worker(workers: usize, streams: Arc<Vec<Stream>>, store: Arc<ViewStor
         let commands = Mutex::new(commands);
         timely::execute_directly(move |worker| {
             let commands = commands.lock().unwrap_or_else(|e| e.into_inner());
-            work(worker, &streams, &store, &commands, start_epoch);
+            work(worker, &streams, &store, &commands, start_epoch, false);
         });
         return;
     }
     let (senders, receivers): (Vec<Sender<Command>>, Vec<Receiver<Command>>) = (0..workers).map(|_| mpsc::channel()).unzip();
     let receivers: Vec<Mutex<Option<Receiver<Command>>>> = receivers.into_iter().map(|r| Mutex::new(Some(r))).collect();
+    let (threads_tx, threads_rx) = mpsc::channel();
+    let threads_tx = Mutex::new(threads_tx);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let commands = receivers[worker.index()].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each worker takes its own queue once");
-        work(worker, &streams, &store, &commands, start_epoch);
+        let _ = threads_tx.lock().unwrap_or_else(|e| e.into_inner()).send((worker.index(), std::thread::current()));
+        work(worker, &streams, &store, &commands, start_epoch, true);
     });
     match guards {
         Ok(guards) => {
-            dispatch(commands, &senders);
-            drop(senders);
+            let mut threads: Vec<(usize, std::thread::Thread)> = threads_rx.iter().take(workers).collect();
+            threads.sort_by_key(|(i, _)| *i);
+            let workers: Vec<(Sender<Command>, std::thread::Thread)> = senders.into_iter().zip(threads.into_iter().map(|(_, t)| t)).collect();
+            dispatch(commands, &workers);
+            drop(workers);
             drop(guards); // joins the workers
         }
         Err(e) => tracing::error!(error = %e, "the dataflow workers did not start"),
@@ -222,10 +233,12 @@ pub fn run_worker(workers: usize, streams: Arc<Vec<Stream>>, store: Arc<ViewStor
 /// Hands the engine's commands to the workers: every worker gets an equal share of each
 /// batch's events and builds and drops every view; worker 0 alone answers, captures and
 /// runs detectors (the workers decide alike, so the others' answers are dropped).
-fn dispatch(commands: Receiver<Command>, workers: &[Sender<Command>]) {
+/// A worker waiting for the others parks; each command wakes it.
+fn dispatch(commands: Receiver<Command>, workers: &[(Sender<Command>, std::thread::Thread)]) {
     let n = workers.len();
     let send = |i: usize, command: Command| {
-        let _ = workers[i].send(command);
+        let _ = workers[i].0.send(command);
+        workers[i].1.unpark();
     };
     let ignored = || oneshot::channel().0;
     while let Ok(command) = commands.recv() {
@@ -266,8 +279,9 @@ fn dispatch(commands: Receiver<Command>, workers: &[Sender<Command>]) {
 }
 
 /// One worker's loop: takes commands, feeds its inputs, steps the dataflow and (worker 0)
-/// publishes completed epochs.
-fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: &Arc<ViewStore>, commands: &Receiver<Command>, start_epoch: Epoch) {
+/// publishes completed epochs. With `park`, a worker with nothing to do but wait for the
+/// others' progress sleeps until they (or a command) wake it, leaving them the cores.
+fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: &Arc<ViewStore>, commands: &Receiver<Command>, start_epoch: Epoch, park: bool) {
     let leader = worker.index() == 0;
     let mut retained: Vec<RetainedStream> = streams
         .iter()
@@ -307,10 +321,13 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
                         input.session.advance_to(frontier);
                     }
                 }
-                Command::CreateView { plan, time, reply } => {
-                    let result = create_view(worker, streams, &retained, &mut views, plan, time, frontier);
-                    let _ = reply.send(result);
-                }
+                Command::CreateView { plan, time, reply } => match create_view(worker, streams, &retained, &mut views, plan, time, frontier) {
+                    // answered once the view holds its initial contents (see `publish`)
+                    Ok(()) => views.last_mut().expect("the view just created").created = Some(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Command::CreateDetector { detector, reply } => {
                     let result = if detectors.iter().any(|d| d.name() == detector.def.name) {
                         Err(Error::AlreadyExists(format!("a detector named {} exists", detector.def.name)))
@@ -370,7 +387,11 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
         for input in views.iter_mut().flat_map(|v| v.inputs.iter_mut()) {
             input.session.flush();
         }
-        worker.step();
+        if park && busy && handled == 0 {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        } else {
+            worker.step();
+        }
         if !leader {
             continue;
         }
@@ -492,7 +513,7 @@ fn create_view(
             ViewInput { stream, session, expired_before }
         })
         .collect();
-    let mut view = ViewRuntime { name: plan.name, time, inputs, probe, output, dataflow, published: 0 };
+    let mut view = ViewRuntime { name: plan.name, time, inputs, probe, output, dataflow, published: 0, created: None, seeded_below: frontier };
     for i in 0..view.inputs.len() {
         view.inputs[i].session.advance_to(frontier - 1);
         let source = &retained[view.inputs[i].stream];
@@ -513,10 +534,17 @@ fn create_view(
 /// Hands every view's changes of completed epochs to the store.
 fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewStore, last_epoch: Epoch) {
     let mut anomalies = Vec::new();
+    let mut created_views = Vec::new();
     for v in views.iter_mut() {
         // every epoch below the probe's frontier is complete
         let complete_below = v.probe.with_frontier(|f| f.first().copied()).unwrap_or(Epoch::MAX);
         let through = last_epoch.min(complete_below.saturating_sub(1));
+        if complete_below >= v.seeded_below {
+            // (after this round's changes are in the store)
+            if let Some(created) = v.created.take() {
+                created_views.push(created);
+            }
+        }
         if through <= v.published && v.output.borrow().is_empty() {
             continue;
         }
@@ -546,6 +574,9 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewSt
         }
     }
     publish_anomalies(store, complete_through(views, last_epoch), anomalies);
+    for created in created_views {
+        let _ = created.send(Ok(()));
+    }
 }
 
 /// The epoch every view has published: detector output is complete through it.
