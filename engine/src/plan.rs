@@ -236,8 +236,15 @@ fn lower(plan: &LogicalPlan, streams: &mut Vec<String>) -> Result<Node> {
         LogicalPlan::SubqueryAlias(alias) => lower(&alias.input, streams)?,
         LogicalPlan::Projection(p) => {
             let schema = p.input.schema();
-            let exprs = p.expr.iter().map(|e| compile(e, schema)).collect::<Result<_>>()?;
-            Node::Map { input: Box::new(lower(&p.input, streams)?), exprs }
+            let exprs: Vec<Scalar> = p.expr.iter().map(|e| compile(e, schema)).collect::<Result<_>>()?;
+            let input = lower(&p.input, streams)?;
+            // a projection that keeps every column in place (naming them, say) is no step:
+            // an aggregate's output rows go to the view as they are
+            if exprs.len() == schema.fields().len() && exprs.iter().enumerate().all(|(i, e)| *e == Scalar::Column(i)) {
+                input
+            } else {
+                Node::Map { input: Box::new(input), exprs }
+            }
         }
         LogicalPlan::Filter(f) => Node::Filter { input: Box::new(lower(&f.input, streams)?), predicate: compile(&f.predicate, f.input.schema())? },
         LogicalPlan::Aggregate(a) => {
