@@ -32,12 +32,15 @@ impl Background {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("weir-lake")
-            // below the threads that ingest, compute and serve (nice ~9): when the cores are
+            // below the threads that ingest, compute and serve (nice 9): when the cores are
             // all busy, the writers yield most of their share but are never starved (they
-            // must keep up, or the log is not truncated)
+            // must keep up, or the log is not truncated; SCHED_IDLE, tried, starved them
+            // whenever the machine was busy: tests waiting on the archive timed out)
             .on_thread_start(|| {
                 if let Ok(low) = thread_priority::ThreadPriorityValue::try_from(25u8) {
-                    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Crossplatform(low));
+                    if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Crossplatform(low)) {
+                        tracing::debug!(error = ?e, "the lake writers keep the normal priority");
+                    }
                 }
             })
             .enable_all()

@@ -100,6 +100,22 @@ pub struct Capture {
     pub watermarks: Vec<(String, i64)>,
 }
 
+/// A capture as the worker takes it: O(1) copies of the views' rows, so that listing
+/// them ([`Copies::rows`]) happens off the dataflow thread.
+pub struct Copies {
+    epoch: Epoch,
+    views: Vec<(crate::store::ViewInfo, crate::store::RowsAt)>,
+    watermarks: Vec<(String, i64)>,
+}
+
+impl Copies {
+    /// Lists every view's rows.
+    pub fn rows(self) -> Capture {
+        let views = self.views.into_iter().map(|(info, rows)| (info, rows.rows())).collect();
+        Capture { epoch: self.epoch, views, watermarks: self.watermarks }
+    }
+}
+
 /// Work for the dataflow worker.
 pub enum Command {
     /// Feed committed events; the epoch is closed even if there are none, so that
@@ -137,7 +153,7 @@ pub enum Command {
     /// Capture every view's rows as of one epoch, the latest every view has completed.
     Capture {
         /// Where to send the epoch and the views' rows.
-        reply: oneshot::Sender<Capture>,
+        reply: oneshot::Sender<Copies>,
     },
     /// Tear a view's dataflow down.
     DropView {
@@ -358,9 +374,9 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
                 Command::Capture { reply } => {
                     let epoch = complete_through(&views, last_epoch);
                     // built-in views outside the dataflow (quota_usage, anomalies) come as they are
-                    let captured = store.list().into_iter().filter_map(|view| view.rows_at(epoch).map(|rows| (view.info.clone(), rows))).collect();
+                    let views = store.list().into_iter().filter_map(|view| view.copy_at(epoch).map(|rows| (view.info.clone(), rows))).collect();
                     let watermarks = streams.iter().zip(&retained).filter(|(_, r)| r.watermark != i64::MIN).map(|(s, r)| (s.name.clone(), r.watermark)).collect();
-                    let _ = reply.send(Capture { epoch, views: captured, watermarks });
+                    let _ = reply.send(Copies { epoch, views, watermarks });
                 }
                 Command::DropView { name, reply } => {
                     let result = match views.iter().position(|v| v.name == name) {

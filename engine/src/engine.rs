@@ -343,7 +343,9 @@ impl Engine {
     pub async fn capture(&self) -> Result<crate::dataflow::Capture> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Capture { reply })?;
-        rx.await.map_err(|_| Error::ShuttingDown)
+        let copies = rx.await.map_err(|_| Error::ShuttingDown)?;
+        // listing a large view's rows takes a while: not on the async threads
+        tokio::task::spawn_blocking(move || copies.rows()).await.map_err(|_| Error::ShuttingDown)
     }
 
     /// The quota plans in force.

@@ -13,7 +13,7 @@
 //! it saw resume where it stopped; when that epoch has left the history it is told to
 //! take a new snapshot.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{broadcast, watch};
@@ -21,6 +21,8 @@ use tokio::sync::{broadcast, watch};
 use crate::schema::Columns;
 use crate::time::Epoch;
 use crate::value::Row;
+
+type Rows = imbl::OrdMap<Row, isize>;
 
 /// How many change rows a view keeps for resuming subscribers.
 const HISTORY_ROWS: usize = 100_000;
@@ -74,8 +76,10 @@ struct LiveState {
     epoch: Epoch,
     /// The rows with their multiplicities. Ordered, so snapshots need no sort, and it
     /// grows without the whole-table rehash pauses a hash map has (they showed as
-    /// freshness stalls).
-    rows: BTreeMap<Row, isize>,
+    /// freshness stalls). Persistent (nodes shared between copies): a reader copies it
+    /// under the lock in O(1) and lists the rows after releasing it, so a snapshot, a
+    /// capture or a new subscriber never holds up the dataflow's next publish.
+    rows: Rows,
     history: VecDeque<Arc<EpochChanges>>,
     history_rows: usize,
     /// Every change after this epoch is in `history`.
@@ -129,7 +133,7 @@ impl LiveView {
         let (epoch_tx, _) = watch::channel(0);
         LiveView {
             info,
-            state: Mutex::new(LiveState { epoch: 0, rows: BTreeMap::new(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
+            state: Mutex::new(LiveState { epoch: 0, rows: Rows::new(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
             changes,
             epoch: epoch_tx,
         }
@@ -142,31 +146,28 @@ impl LiveView {
 
     /// The view's rows (with duplicates repeated) and the epoch they are as of.
     pub fn snapshot(&self) -> (Epoch, Vec<Row>) {
-        let state = self.lock();
-        (state.epoch, expand(&state.rows))
+        let (epoch, rows) = {
+            let state = self.lock();
+            (state.epoch, state.rows.clone())
+        };
+        (epoch, expand(&rows))
     }
 
     /// The view's rows as of `epoch` (at most its current epoch), undoing later changes
     /// from its history; `None` if those are no longer kept.
     pub fn rows_at(&self, epoch: Epoch) -> Option<Vec<Row>> {
+        self.copy_at(epoch).map(RowsAt::rows)
+    }
+
+    /// The same, copied in O(1): listing the rows (and undoing the later changes) is
+    /// left to [`RowsAt::rows`], which can run on another thread.
+    pub fn copy_at(&self, epoch: Epoch) -> Option<RowsAt> {
         let state = self.lock();
-        if epoch >= state.epoch {
-            return Some(expand(&state.rows));
-        }
-        if epoch < state.history_floor {
+        if epoch < state.epoch.min(state.history_floor) {
             return None;
         }
-        let mut rows = state.rows.clone();
-        for c in state.history.iter().rev().take_while(|c| c.epoch > epoch) {
-            for (row, diff) in &c.changes {
-                let count = rows.entry(row.clone()).or_insert(0);
-                *count -= diff;
-                if *count == 0 {
-                    rows.remove(row);
-                }
-            }
-        }
-        Some(expand(&rows))
+        let later = state.history.iter().rev().take_while(|c| c.epoch > epoch).cloned().collect();
+        Some(RowsAt { rows: state.rows.clone(), later })
     }
 
     /// The epoch the view's contents are complete through.
@@ -183,14 +184,23 @@ impl LiveView {
 
     /// Subscribes: from a snapshot, or resuming after `last_epoch`.
     pub fn subscribe(&self, last_epoch: Option<Epoch>) -> Subscription {
-        let state = self.lock();
-        let changes = self.changes.subscribe();
-        let start = match last_epoch {
-            None => Start::Snapshot { epoch: state.epoch, rows: expand(&state.rows) },
-            Some(l) if l >= state.history_floor && l <= state.epoch => {
-                Start::Resume(state.history.iter().filter(|c| c.epoch > l).cloned().collect())
+        // (the rows are listed after the lock is released; the copy is consistent with
+        // the changes subscribed to under it)
+        let (start, rows, changes) = {
+            let state = self.lock();
+            let changes = self.changes.subscribe();
+            match last_epoch {
+                None => (Start::Snapshot { epoch: state.epoch, rows: Vec::new() }, Some(state.rows.clone()), changes),
+                Some(l) if l >= state.history_floor && l <= state.epoch => {
+                    (Start::Resume(state.history.iter().filter(|c| c.epoch > l).cloned().collect()), None, changes)
+                }
+                Some(l) => (Start::Reset { requested: l, epoch: state.epoch, rows: Vec::new() }, Some(state.rows.clone()), changes),
             }
-            Some(l) => Start::Reset { requested: l, epoch: state.epoch, rows: expand(&state.rows) },
+        };
+        let start = match (start, rows) {
+            (Start::Snapshot { epoch, .. }, Some(rows)) => Start::Snapshot { epoch, rows: expand(&rows) },
+            (Start::Reset { requested, epoch, .. }, Some(rows)) => Start::Reset { requested, epoch, rows: expand(&rows) },
+            (start, _) => start,
         };
         Subscription { start, changes }
     }
@@ -243,7 +253,30 @@ impl LiveView {
     }
 }
 
-fn expand(rows: &BTreeMap<Row, isize>) -> Vec<Row> {
+/// A view's rows as of an epoch: a copy of its current rows and the changes after the epoch.
+pub struct RowsAt {
+    rows: Rows,
+    later: Vec<Arc<EpochChanges>>,
+}
+
+impl RowsAt {
+    /// The rows (with duplicates repeated).
+    pub fn rows(self) -> Vec<Row> {
+        let RowsAt { mut rows, later } = self;
+        for c in later {
+            for (row, diff) in &c.changes {
+                let count = rows.entry(row.clone()).or_insert(0);
+                *count -= diff;
+                if *count == 0 {
+                    rows.remove(row);
+                }
+            }
+        }
+        expand(&rows)
+    }
+}
+
+fn expand(rows: &Rows) -> Vec<Row> {
     let mut out = Vec::with_capacity(rows.len());
     for (row, n) in rows {
         for _ in 0..(*n).max(0) {
