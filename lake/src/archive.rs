@@ -55,6 +55,15 @@ pub struct Archive {
     at_start: HashMap<String, Option<Epoch>>,
 }
 
+/// A stream's archive table columns: the stream's, then `_epoch`, `_seq` and the date.
+fn archive_columns(stream: &Stream) -> Vec<Column> {
+    let mut columns = stream.columns.to_vec();
+    columns.push(Column::new(EPOCH, DataType::Int, false));
+    columns.push(Column::new(SEQ, DataType::Int, false));
+    columns.push(Column::new(date_column(stream), DataType::String, false));
+    columns
+}
+
 /// The partition column holding the event date: `date`, or `event_date` if the stream
 /// has a column named `date`.
 pub fn date_column(stream: &Stream) -> &'static str {
@@ -86,6 +95,11 @@ impl Archive {
         let streams: Vec<Stream> = streams.iter().filter(|s| !s.weighted).cloned().collect();
         let mut archive = Archive { lake, streams, at_start: HashMap::new() };
         for s in &archive.streams {
+            if archive.lake.open(archive.table_url(&s.name)?, AsOf::Latest).await?.is_none() {
+                // an empty table from the start: SQL over it answers nothing, not "no such table"
+                let empty = weir_engine::columnar::rows_to_batch(&archive_columns(s), &[])?;
+                archive.write(s, vec![empty], CommitProperties::default().with_metadata([("weir.stream".to_string(), json!(s.name))])).await?;
+            }
             let through = archive.last_epoch(&s.name).await?;
             archive.at_start.insert(s.name.clone(), through);
         }
@@ -219,11 +233,7 @@ impl Archive {
     /// commit recording the last epoch.
     pub async fn append(&self, stream: &Stream, records: &[Record]) -> Result<()> {
         let epoch = records.last().map_or(0, |r| r.epoch);
-        let date = date_column(stream);
-        let mut columns = stream.columns.to_vec();
-        columns.push(Column::new(EPOCH, DataType::Int, false));
-        columns.push(Column::new(SEQ, DataType::Int, false));
-        columns.push(Column::new(date, DataType::String, false));
+        let columns = archive_columns(stream);
         let mut batches = Vec::new();
         let mut rows: Vec<Row> = Vec::new();
         let mut misfits = 0usize;
@@ -261,8 +271,14 @@ impl Archive {
         let commit = CommitProperties::default()
             .with_metadata([("weir.epoch".to_string(), json!(epoch)), ("weir.stream".to_string(), json!(stream.name))])
             .with_max_retries(0);
+        self.write(stream, batches, commit).await
+    }
+
+    /// Appends batches (of [`archive_columns`]) to a stream's table, creating it if need be.
+    async fn write(&self, stream: &Stream, batches: Vec<deltalake::arrow::record_batch::RecordBatch>, commit: CommitProperties) -> Result<()> {
         let table = self.lake.open_or_new(self.table_url(&stream.name)?).await?;
         let tenant = stream.columns[stream.tenant].name.clone();
+        let date = date_column(stream);
         table
             .write(batches)
             .with_save_mode(SaveMode::Append)

@@ -45,6 +45,8 @@ async fn events_are_archived_by_tenant_and_date_and_recovery_reads_the_archive()
     let mut weir = Weir::start(dir.path(), &env);
     weir.http = authorized("admin-secret");
     weir.create_view("CREATE VIEW per_tenant AS SELECT tenant, count(*) AS n, sum(value) AS total FROM events GROUP BY tenant").await;
+    // the archive's tables exist (empty) from the start
+    assert_eq!(sql(&weir, "SELECT count(*) AS n FROM events").await, json!([{"n": 0}]));
     // two days of events of two tenants, a malformed line now and then
     let mut last = 0;
     for b in 0..40 {
