@@ -21,8 +21,9 @@
 //! seeded with them, and when the watermark moves on, events that fall out of retention
 //! are retracted from every view, which keeps state bounded.
 //!
-//! With several workers (`workers` > 1), a dispatcher thread hands each worker an equal
-//! share of every batch's events (each retains and retracts its own share); every worker
+//! A dispatcher thread (the caller's) hands each worker an equal share of every batch's
+//! events (each retains and retracts its own share) and wakes it; a worker with nothing
+//! to do sleeps. With several workers (`workers` > 1) every worker
 //! builds every view's dataflow, whose arrangements exchange rows by key, and each view's
 //! output is exchanged to worker 0, the only one that publishes to the store and runs
 //! detectors. Timely's progress tracking is global, so worker 0's probe passing an epoch
@@ -31,7 +32,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -215,23 +216,20 @@ impl ViewRuntime {
 /// Runs the dataflow on `workers` timely worker threads (one: on the current thread)
 /// until `Shutdown` or until every sender is gone.
 pub fn run_worker(workers: usize, streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Receiver<Command>, start_epoch: Epoch) {
-    if workers <= 1 {
-        // timely wants a closure it could share between workers; there is only one
-        let commands = Mutex::new(commands);
-        timely::execute_directly(move |worker| {
-            let commands = commands.lock().unwrap_or_else(|e| e.into_inner());
-            work(worker, &streams, &store, &commands, start_epoch, false);
-        });
-        return;
-    }
+    let workers = workers.max(1);
+    // one worker runs on a thread of its own too, behind the same dispatcher: one path
+    let config = timely::Config {
+        communication: if workers == 1 { timely::CommunicationConfig::Thread } else { timely::CommunicationConfig::Process(workers) },
+        worker: timely::WorkerConfig::default(),
+    };
     let (senders, receivers): (Vec<Sender<Command>>, Vec<Receiver<Command>>) = (0..workers).map(|_| mpsc::channel()).unzip();
     let receivers: Vec<Mutex<Option<Receiver<Command>>>> = receivers.into_iter().map(|r| Mutex::new(Some(r))).collect();
     let (threads_tx, threads_rx) = mpsc::channel();
     let threads_tx = Mutex::new(threads_tx);
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let guards = timely::execute(config, move |worker| {
         let commands = receivers[worker.index()].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each worker takes its own queue once");
         let _ = threads_tx.lock().unwrap_or_else(|e| e.into_inner()).send((worker.index(), std::thread::current()));
-        work(worker, &streams, &store, &commands, start_epoch, true);
+        work(worker, &streams, &store, &commands, start_epoch);
     });
     match guards {
         Ok(guards) => {
@@ -295,9 +293,10 @@ fn dispatch(commands: Receiver<Command>, workers: &[(Sender<Command>, std::threa
 }
 
 /// One worker's loop: takes commands, feeds its inputs, steps the dataflow and (worker 0)
-/// publishes completed epochs. With `park`, a worker with nothing to do but wait for the
-/// others' progress sleeps until they (or a command) wake it, leaving them the cores.
-fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: &Arc<ViewStore>, commands: &Receiver<Command>, start_epoch: Epoch, park: bool) {
+/// publishes completed epochs. A worker with nothing to do (or only waiting for the
+/// others' progress) sleeps until a message, its own scheduled work or a command (the
+/// dispatcher unparks it) wakes it, leaving the cores to the rest.
+fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: &Arc<ViewStore>, commands: &Receiver<Command>, start_epoch: Epoch) {
     let leader = worker.index() == 0;
     let mut retained: Vec<RetainedStream> = streams
         .iter()
@@ -312,14 +311,10 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
 
     loop {
         let busy = views.iter().any(|v| v.probe.less_than(v.time()));
-        let first = if busy {
-            commands.try_recv().ok()
-        } else {
-            match commands.recv_timeout(Duration::from_millis(200)) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
+        let first = match commands.try_recv() {
+            Ok(c) => Some(c),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => break,
         };
         let mut next = first;
         let mut handled = 0;
@@ -403,8 +398,8 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
         for input in views.iter_mut().flat_map(|v| v.inputs.iter_mut()) {
             input.session.flush();
         }
-        if park && busy && handled == 0 {
-            worker.step_or_park(Some(Duration::from_millis(1)));
+        if handled == 0 {
+            worker.step_or_park(Some(Duration::from_millis(if busy { 1 } else { 200 })));
         } else {
             worker.step();
         }
