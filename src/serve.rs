@@ -30,6 +30,8 @@ struct Background(Option<tokio::runtime::Runtime>);
 impl Background {
     fn start() -> anyhow::Result<Background> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            // one (two measured worse freshness); at shutdown the archive's last append may
+            // wait behind a snapshot being written, within `stop`'s 10 s
             .worker_threads(1)
             .thread_name("weir-lake")
             // below the threads that ingest, compute and serve (nice 9): when the cores are
@@ -115,7 +117,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let run = archive.clone().run(feed, engine.archive_progress().clone(), std::time::Duration::from_millis(every as u64), config.archive.compact_after, stop_rx.clone());
             let writer = background.handle().spawn(run);
             Some(tokio::spawn(async move {
-                if let Err(e) = writer.await {
+                if let Err(e) = writer.await
+                    && !e.is_cancelled()
+                {
                     tracing::error!(error = %e, "the archive writer stopped: nothing more is archived and the log is no longer truncated until Weir restarts");
                 }
             }))

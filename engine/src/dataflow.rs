@@ -5,7 +5,7 @@
 //!   engine API ──Command::CreateView / DropView─▶ │ retained events per stream (by time)  │
 //!                                                 │ one differential dataflow per view:   │
 //!                                                 │   input ▸ filter/map ▸ reduce ▸ …     │
-//!                                                 │   ▸ inspect (collect changes) ▸ probe │
+//!                                                 │   ▸ publish sink (worker 0) ▸ probe   │
 //!                                                 └──────────────┬────────────────────────┘
 //!                                       completed epochs' changes ▼
 //!                                                           ViewStore (readers, subscribers)
@@ -213,8 +213,8 @@ impl ViewRuntime {
     }
 }
 
-/// Runs the dataflow on `workers` timely worker threads (one: on the current thread)
-/// until `Shutdown` or until every sender is gone.
+/// Runs the dataflow on `workers` timely worker threads (the current thread dispatches
+/// commands to them) until `Shutdown` or until every sender is gone.
 pub fn run_worker(workers: usize, streams: Arc<Vec<Stream>>, store: Arc<ViewStore>, commands: Receiver<Command>, start_epoch: Epoch) {
     let workers = workers.max(1);
     // one worker runs on a thread of its own too, behind the same dispatcher: one path
@@ -250,12 +250,16 @@ pub fn run_worker(workers: usize, streams: Arc<Vec<Stream>>, store: Arc<ViewStor
 /// A worker waiting for the others parks; each command wakes it.
 fn dispatch(commands: Receiver<Command>, workers: &[(Sender<Command>, std::thread::Thread)]) {
     let n = workers.len();
-    let send = |i: usize, command: Command| {
-        let _ = workers[i].0.send(command);
+    // false once the worker is gone (it panicked): then the dispatcher stops taking
+    // commands, so the engine's sends fail (`ShuttingDown`) instead of going nowhere
+    let send = |i: usize, command: Command| -> bool {
+        let sent = workers[i].0.send(command).is_ok();
         workers[i].1.unpark();
+        sent
     };
     let ignored = || oneshot::channel().0;
     while let Ok(command) = commands.recv() {
+        let mut alive = true;
         match command {
             Command::Ingest { epoch, batches } => {
                 let mut shares: Vec<Vec<Batch>> = (0..n).map(|_| Vec::with_capacity(batches.len())).collect();
@@ -268,25 +272,30 @@ fn dispatch(commands: Receiver<Command>, workers: &[(Sender<Command>, std::threa
                     shares[0].push(batch);
                 }
                 for (i, batches) in shares.into_iter().enumerate() {
-                    send(i, Command::Ingest { epoch, batches });
+                    alive &= send(i, Command::Ingest { epoch, batches });
                 }
             }
             Command::CreateView { plan, time, reply } => {
                 for i in 1..n {
-                    send(i, Command::CreateView { plan: plan.clone(), time, reply: ignored() });
+                    alive &= send(i, Command::CreateView { plan: plan.clone(), time, reply: ignored() });
                 }
-                send(0, Command::CreateView { plan, time, reply });
+                alive &= send(0, Command::CreateView { plan, time, reply });
             }
             Command::DropView { name, reply } => {
                 for i in 1..n {
-                    send(i, Command::DropView { name: name.clone(), reply: ignored() });
+                    alive &= send(i, Command::DropView { name: name.clone(), reply: ignored() });
                 }
-                send(0, Command::DropView { name, reply });
+                alive &= send(0, Command::DropView { name, reply });
             }
-            command @ (Command::CreateDetector { .. } | Command::DropDetector { .. } | Command::Capture { .. }) => send(0, command),
+            command @ (Command::CreateDetector { .. } | Command::DropDetector { .. } | Command::Capture { .. }) => alive &= send(0, command),
             Command::Shutdown => break,
         }
+        if !alive {
+            tracing::error!("a dataflow worker stopped: the dataflow stops and the engine refuses further work");
+            break;
+        }
     }
+    drop(commands);
     for i in 0..n {
         send(i, Command::Shutdown);
     }
