@@ -218,16 +218,24 @@ impl LiveView {
         state.epoch = epoch;
         if !changes.is_empty() {
             for (row, diff) in &changes {
-                // a row already present (a retraction, say) is not copied
-                match state.rows.get_mut(row) {
-                    Some(count) => {
-                        *count += diff;
-                        if *count == 0 {
-                            state.rows.remove(row);
+                // one walk down the tree in the usual cases: a retraction removes a row
+                // that was there once, an addition inserts a row that was not there
+                if *diff < 0 {
+                    match state.rows.remove(row) {
+                        Some(count) if count + diff == 0 => {}
+                        Some(count) => {
+                            state.rows.insert(row.clone(), count + diff);
+                        }
+                        None => {
+                            state.rows.insert(row.clone(), *diff);
                         }
                     }
-                    None => {
-                        state.rows.insert(row.clone(), *diff);
+                } else if let Some(count) = state.rows.insert(row.clone(), *diff) {
+                    // it was there already
+                    if count + diff == 0 {
+                        state.rows.remove(row);
+                    } else {
+                        state.rows.insert(row.clone(), count + diff);
                     }
                 }
             }
