@@ -97,8 +97,21 @@ fn float_key(f: f64) -> f64 {
 }
 
 impl PartialEq for Value {
+    /// The same as `cmp(other) == Equal`, without ordering what differs (strings of
+    /// different lengths, say, differ without a byte compared).
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => float_key(*a).total_cmp(&float_key(*b)) == Ordering::Equal,
+            (Value::Str(a), Value::Str(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
+            (Value::Map(a), Value::Map(b)) => a == b,
+            (Value::List(a), Value::List(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
@@ -149,6 +162,29 @@ impl Hash for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equality_agrees_with_the_order() {
+        let values = [
+            Value::Null,
+            Value::Bool(true),
+            Value::Int(3),
+            Value::Float(-0.0),
+            Value::Float(0.0),
+            Value::Float(f64::NAN),
+            Value::str("ab"),
+            Value::str("abc"),
+            Value::Timestamp(3),
+            Value::map(vec![(Arc::from("k"), Arc::from("v"))]),
+            Value::List(Arc::from(vec![Value::Int(1)])),
+        ];
+        for a in &values {
+            for b in &values {
+                assert_eq!(a == b, a.cmp(b) == Ordering::Equal, "{a:?} vs {b:?}");
+                assert_eq!(a.clone() == *b, a == b);
+            }
+        }
+    }
 
     #[test]
     fn floats_compare_as_sql_expects() {
