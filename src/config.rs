@@ -295,6 +295,9 @@ impl Config {
         }
         let config: Config = toml::Value::Table(table).try_into().context("invalid configuration")?;
         config.streams()?; // report stream errors now, all at once
+        if config.workers == 0 {
+            bail!("invalid configuration: workers must be at least 1");
+        }
         Ok(config)
     }
 
@@ -435,6 +438,8 @@ mod tests {
     fn unknown_keys_and_bad_streams_are_reported() {
         assert!(load(Some("htp = \"x\""), &[], Overrides::default()).is_err());
         assert!(load(None, &[("WEIR_NOPE", "1")], Overrides::default()).is_err());
+        assert!(load(None, &[("WEIR_WORKERS", "0")], Overrides::default()).is_err());
+        assert_eq!(load(None, &[("WEIR_WORKERS", "2")], Overrides::default()).unwrap().workers, 2);
         let err = load(Some("[streams.clicks]\ntenant_column = \"t\"\n[streams.other]\ncolumns = []\n"), &[], Overrides::default()).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("streams.clicks: columns are required"), "{text}");

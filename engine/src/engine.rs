@@ -43,7 +43,7 @@ pub struct EngineConfig {
     /// The raw archive, if there is one: recovery reads the rows of deleted log segments
     /// from it, and the log is truncated once archived (see [`crate::archive`]).
     pub archive: Option<Arc<dyn ArchiveSource>>,
-    /// Dataflow worker threads (at least 1); see [`crate::dataflow`].
+    /// Dataflow worker threads (0 counts as 1); see [`crate::dataflow`].
     pub workers: usize,
 }
 
@@ -173,7 +173,7 @@ impl Engine {
             let store = store.clone();
             std::thread::Builder::new()
                 .name("weir-dataflow".into())
-                .spawn(move || run_worker(workers.max(1), streams, store, dataflow_rx, last_epoch))
+                .spawn(move || run_worker(workers, streams, store, dataflow_rx, last_epoch))
                 .map_err(|e| Error::io("starting the dataflow thread", e))?;
         }
         let batches: Vec<Batch> = recovered
