@@ -11,6 +11,12 @@ mod serve;
 mod server;
 mod sql;
 
+/// mimalloc rather than the system allocator: the dataflow allocates and frees rows at
+/// a high rate on its own threads, where glibc's per-thread arenas grow by `mprotect`
+/// calls (measured in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

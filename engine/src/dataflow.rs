@@ -4,7 +4,7 @@
 //!   ingest gate ──Command::Ingest(epoch, rows)──▶ ┌──────────── worker thread ────────────┐
 //!   engine API ──Command::CreateView / DropView─▶ │ retained events per stream (by time)  │
 //!                                                 │ one differential dataflow per view:   │
-//!                                                 │   input ▸ filter/map ▸ reduce ▸ …     │
+//!                                                 │   input ▸ filter/map ▸ aggregate ▸ …  │
 //!                                                 │   ▸ publish sink (worker 0) ▸ probe   │
 //!                                                 └──────────────┬────────────────────────┘
 //!                                       completed epochs' changes ▼
@@ -37,7 +37,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use differential_dataflow::input::{Input, InputSession};
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
 use differential_dataflow::AsCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
@@ -51,7 +50,7 @@ use crate::detect::Detector;
 use crate::error::{Error, Result};
 use crate::expr::{eval_all, Scalar};
 use crate::plan::{AggFunc, Aggregate, Node, ViewPlan};
-use crate::schema::{DataType, Stream};
+use crate::schema::Stream;
 use crate::store::ViewStore;
 use crate::time::Epoch;
 use crate::value::{Row, Value};
@@ -167,14 +166,37 @@ pub enum Command {
     Shutdown,
 }
 
+/// Retained events are kept in buckets of this many milliseconds of event time (one
+/// vector per bucket, not per timestamp), and forgotten a bucket at a time.
+const BUCKET_MS: i64 = 1000;
+
+fn bucket(ts: i64) -> i64 {
+    ts.div_euclid(BUCKET_MS)
+}
+
+/// A retained event.
+struct Kept {
+    ts: i64,
+    row: Row,
+    late_by: i64,
+    weight: isize,
+}
+
 struct RetainedStream {
-    /// Retained events by event time: (row, late_by, weight).
-    events: BTreeMap<i64, Vec<(Row, i64, isize)>>,
-    /// For weighted streams, where each (time, row) is in `events`: equal rows at the
-    /// same time are merged into one with their weights summed.
+    /// Retained events by bucket of event time.
+    events: BTreeMap<i64, Vec<Kept>>,
+    /// For weighted streams, where each (time, row) is in `events` (within its bucket):
+    /// equal rows at the same time are merged into one with their weights summed.
     merged: Option<std::collections::HashMap<(i64, Row), usize>>,
     watermark: i64,
     retention_ms: i64,
+}
+
+impl RetainedStream {
+    /// The retained events with a time in `from..to`.
+    fn between(&self, from: i64, to: i64) -> impl Iterator<Item = &Kept> {
+        self.events.range(bucket(from)..=bucket(to)).flat_map(|(_, kept)| kept).filter(move |k| k.ts >= from && k.ts < to)
+    }
 }
 
 /// One stream feeding a view.
@@ -443,17 +465,17 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
         }
     }
     for e in batch.events {
-        let at = stream.events.entry(e.ts).or_default();
+        let at = stream.events.entry(bucket(e.ts)).or_default();
         match &mut stream.merged {
             Some(index) => match index.entry((e.ts, e.row)) {
-                std::collections::hash_map::Entry::Occupied(i) => at[*i.get()].2 += e.weight,
+                std::collections::hash_map::Entry::Occupied(i) => at[*i.get()].weight += e.weight,
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let row = v.key().1.clone();
                     v.insert(at.len());
-                    at.push((row, e.late_by, e.weight));
+                    at.push(Kept { ts: e.ts, row, late_by: e.late_by, weight: e.weight });
                 }
             },
-            None => at.push((e.row, e.late_by, e.weight)),
+            None => at.push(Kept { ts: e.ts, row: e.row, late_by: e.late_by, weight: e.weight }),
         }
     }
     stream.watermark = stream.watermark.max(batch.watermark);
@@ -464,23 +486,22 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
         for input in v.inputs.iter_mut().filter(|i| i.stream == batch.stream) {
             let cutoff = watermark.saturating_sub(retention);
             if cutoff > input.expired_before {
-                for (_, events) in stream.events.range(input.expired_before..cutoff) {
-                    for (row, late_by, weight) in events {
-                        if *late_by <= lateness {
-                            input.session.update(row.clone(), -weight);
-                        }
+                for kept in stream.between(input.expired_before, cutoff) {
+                    if kept.late_by <= lateness {
+                        input.session.update(kept.row.clone(), -kept.weight);
                     }
                 }
                 input.expired_before = cutoff;
             }
         }
     }
-    let cutoff = watermark.saturating_sub(stream.retention_ms);
-    if stream.events.first_key_value().is_some_and(|(ts, _)| *ts < cutoff) {
+    // (whole buckets: the one holding the cutoff stays until it is wholly behind it)
+    let cutoff = bucket(watermark.saturating_sub(stream.retention_ms));
+    if stream.events.first_key_value().is_some_and(|(b, _)| *b < cutoff) {
         let kept = stream.events.split_off(&cutoff);
         stream.events = kept;
         if let Some(index) = &mut stream.merged {
-            index.retain(|(ts, _), _| *ts >= cutoff);
+            index.retain(|(ts, _), _| bucket(*ts) >= cutoff);
         }
     }
 }
@@ -537,11 +558,9 @@ fn create_view(
     for i in 0..view.inputs.len() {
         view.inputs[i].session.advance_to(frontier - 1);
         let source = &retained[view.inputs[i].stream];
-        for (ts, events) in source.events.range(view.inputs[i].expired_before..) {
-            for (row, late_by, weight) in events {
-                if view.admits(&view.inputs[i], *ts, *late_by) {
-                    view.inputs[i].session.update(row.clone(), *weight);
-                }
+        for kept in source.between(view.inputs[i].expired_before, i64::MAX) {
+            if view.admits(&view.inputs[i], kept.ts, kept.late_by) {
+                view.inputs[i].session.update(kept.row.clone(), kept.weight);
             }
         }
         view.inputs[i].session.advance_to(frontier);
@@ -580,7 +599,7 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewSt
         }
         drop(output);
         for (epoch, mut changes) in ready {
-            differential_dataflow::consolidation::consolidate(&mut changes);
+            consolidate(&mut changes);
             let now = crate::time::now_ms();
             for d in detectors.iter_mut().filter(|d| d.view() == v.name) {
                 d.apply(&changes, now);
@@ -599,6 +618,22 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewSt
     }
 }
 
+/// Consolidates an epoch's changes: sums the counts of equal rows and drops those that
+/// cancel. Usually no row repeats (an aggregate's changed groups differ, so do events),
+/// which 64-bit hashes, sorted, show without comparing a single row; rows are sorted only
+/// when two hashes are equal.
+fn consolidate(changes: &mut Vec<(Row, isize)>) {
+    use std::hash::BuildHasher;
+    let hasher = foldhash::fast::FixedState::with_seed(0);
+    let mut hashes: Vec<u64> = changes.iter().map(|(row, _)| hasher.hash_one(row)).collect();
+    hashes.sort_unstable();
+    if hashes.windows(2).any(|w| w[0] == w[1]) {
+        differential_dataflow::consolidation::consolidate(changes);
+    } else {
+        changes.retain(|(_, diff)| *diff != 0);
+    }
+}
+
 /// The epoch every view has published: detector output is complete through it.
 fn complete_through(views: &[ViewRuntime], last_epoch: Epoch) -> Epoch {
     views.iter().map(|v| v.published).min().unwrap_or(last_epoch)
@@ -607,7 +642,7 @@ fn complete_through(views: &[ViewRuntime], last_epoch: Epoch) -> Epoch {
 /// Publishes detector output to `anomalies`, as of `epoch` (or its current epoch, if later).
 fn publish_anomalies(store: &ViewStore, epoch: Epoch, mut changes: Vec<(Row, isize)>) {
     let Some(view) = store.get(crate::detect::ANOMALIES) else { return };
-    differential_dataflow::consolidation::consolidate(&mut changes);
+    consolidate(&mut changes);
     view.publish_changes(epoch.max(view.epoch()), changes);
 }
 
@@ -637,7 +672,8 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
             steps.reverse();
             build(base, sources, scope).flat_map(move |row| apply_steps(&steps, row))
         }
-        Node::Distinct { input } => build(input, sources, scope).distinct(),
+        // a group per distinct row, with no aggregates
+        Node::Distinct { input } => crate::aggregate::group(build(input, sources, scope).map(|row| (row, Row::new())), None, Vec::new()),
         Node::Join { left, right, left_keys, right_keys, residual } => {
             let keyed = |keys: &Vec<Scalar>, side: Rows<'s>| {
                 let keys = keys.clone();
@@ -675,42 +711,23 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
         }
         Node::Aggregate { input, keys, aggregates } => {
             let keys = keys.clone();
-            // Each event carries one value per *distinct* aggregate input, and none for a
-            // constant one (count(*)): the arrangement behind the reduce is smaller, and
-            // events whose values coincide consolidate before they reach it.
-            let (inputs, slots) = aggregate_inputs(aggregates);
-            let aggs: Vec<(Aggregate, Slot)> = aggregates.iter().cloned().zip(slots).collect();
+            // each event becomes (group key, its aggregates' inputs); see `aggregate`
+            let (inputs, slots) = crate::aggregate::inputs(aggregates);
+            let aggs: Vec<(Aggregate, crate::aggregate::Slot)> = aggregates.iter().cloned().zip(slots).collect();
             let global = keys.is_empty();
-            let grouped = build(input, sources, scope)
-                .map(move |row| {
-                    let key = eval_all(&keys, &row);
-                    let vals: Row = inputs
-                        .iter()
-                        .map(|(arg, filter)| match filter {
-                            Some(f) if !f.passes(&row) => Value::Null,
-                            _ => arg.eval(&row),
-                        })
-                        .collect();
-                    (key, vals)
-                })
-                .arrange_by_key_named("Arrange: Aggregate")
-                .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<Row, Row, _, _>, _, _>(
-                    "Aggregate",
-                    move |_key, vals: &[(&Row, isize)], out: &mut Vec<(Row, isize)>| {
-                        out.push((aggs.iter().map(|(a, slot)| aggregate(a, slot, vals)).collect(), 1));
-                    },
-                    |out, key, updates| {
-                        out.clear();
-                        out.extend(updates.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
-                    },
-                )
-                // build each output row (keys, then aggregates) once, straight from the arrangement
-                .as_collection(|key: &Row, vals: &Row| {
-                    let mut row = Vec::with_capacity(key.len() + vals.len());
-                    row.extend_from_slice(key);
-                    row.extend_from_slice(vals);
-                    row
-                });
+            let key_len = Some(keys.len());
+            let keyed = build(input, sources, scope).map(move |row| {
+                let key = eval_all(&keys, &row);
+                let vals: Row = inputs
+                    .iter()
+                    .map(|(arg, filter)| match filter {
+                        Some(f) if !f.passes(&row) => Value::Null,
+                        _ => arg.eval(&row),
+                    })
+                    .collect();
+                (key, vals)
+            });
+            let grouped = crate::aggregate::group(keyed, key_len, aggs);
             if !global {
                 return grouped;
             }
@@ -745,88 +762,4 @@ fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
         }
     }
     Some(row)
-}
-
-/// Where an aggregate finds its input value for each event.
-#[derive(Clone)]
-enum Slot {
-    /// At this position of the event's values.
-    Column(usize),
-    /// The same for every event (e.g. the 1 of `count(*)`).
-    Constant(Value),
-}
-
-/// The distinct `(argument, filter)` inputs of the aggregates, and each aggregate's slot.
-fn aggregate_inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<Slot>) {
-    let mut inputs: Vec<(Scalar, Option<Scalar>)> = Vec::new();
-    let slots = aggregates
-        .iter()
-        .map(|a| match (&a.arg, &a.filter) {
-            (Scalar::Literal(v), None) => Slot::Constant(v.clone()),
-            (arg, filter) => {
-                let input = (arg.clone(), filter.clone());
-                let i = inputs.iter().position(|x| *x == input).unwrap_or_else(|| {
-                    inputs.push(input);
-                    inputs.len() - 1
-                });
-                Slot::Column(i)
-            }
-        })
-        .collect();
-    (inputs, slots)
-}
-
-/// Computes aggregate `a` over a group's values.
-fn aggregate(a: &Aggregate, slot: &Slot, vals: &[(&Row, isize)]) -> Value {
-    let present = vals.iter().filter(|(_, n)| *n > 0);
-    let values: Box<dyn Iterator<Item = (&Value, isize)>> = match slot {
-        Slot::Column(i) => Box::new(present.map(|(row, n)| (&row[*i], *n)).filter(|(v, _)| !v.is_null())),
-        Slot::Constant(Value::Null) => Box::new(std::iter::empty()),
-        Slot::Constant(v) => Box::new(present.map(move |(_, n)| (v, *n))),
-    };
-    let mut distinct: Vec<&Value> = Vec::new();
-    let items: Box<dyn Iterator<Item = (&Value, isize)>> = if a.distinct {
-        distinct.extend(values.map(|(v, _)| v));
-        distinct.sort();
-        distinct.dedup();
-        Box::new(distinct.iter().map(|v| (*v, 1)))
-    } else {
-        values
-    };
-    let mut count: i64 = 0;
-    let mut int_sum: i64 = 0;
-    let mut float_sum: f64 = 0.0;
-    let mut min: Option<&Value> = None;
-    let mut max: Option<&Value> = None;
-    for (v, n) in items {
-        count += n as i64;
-        match v {
-            Value::Int(x) => {
-                int_sum = int_sum.wrapping_add(x.wrapping_mul(n as i64));
-                float_sum += *x as f64 * n as f64;
-            }
-            Value::Float(x) => float_sum += x * n as f64,
-            _ => {}
-        }
-        if min.is_none_or(|m| v < m) {
-            min = Some(v);
-        }
-        if max.is_none_or(|m| v > m) {
-            max = Some(v);
-        }
-    }
-    if a.func == AggFunc::Count {
-        return Value::Int(count);
-    }
-    if count == 0 {
-        return Value::Null;
-    }
-    match a.func {
-        AggFunc::Count => Value::Int(count),
-        AggFunc::Sum if a.output == DataType::Int => Value::Int(int_sum),
-        AggFunc::Sum => Value::Float(float_sum),
-        AggFunc::Avg => Value::Float(float_sum / count as f64),
-        AggFunc::Min => min.cloned().unwrap_or(Value::Null),
-        AggFunc::Max => max.cloned().unwrap_or(Value::Null),
-    }
 }

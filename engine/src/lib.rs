@@ -14,6 +14,7 @@
 //! rows, and the binary serves its views.
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod anomaly;
 pub mod archive;
 pub mod catalog;

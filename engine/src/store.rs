@@ -22,7 +22,9 @@ use crate::schema::Columns;
 use crate::time::Epoch;
 use crate::value::Row;
 
-type Rows = imbl::OrdMap<Row, isize>;
+/// A view's rows with their counts: a persistent hash map, so that a reader copies it in
+/// O(1) under the lock and lists it after (in row order).
+type Rows = imbl::GenericHashMap<Row, isize, foldhash::fast::FixedState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// How many change rows a view keeps for resuming subscribers.
 const HISTORY_ROWS: usize = 100_000;
@@ -133,7 +135,7 @@ impl LiveView {
         let (epoch_tx, _) = watch::channel(0);
         LiveView {
             info,
-            state: Mutex::new(LiveState { epoch: 0, rows: Rows::new(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
+            state: Mutex::new(LiveState { epoch: 0, rows: Rows::default(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
             changes,
             epoch: epoch_tx,
         }
@@ -218,8 +220,8 @@ impl LiveView {
         state.epoch = epoch;
         if !changes.is_empty() {
             for (row, diff) in &changes {
-                // one walk down the tree in the usual cases: a retraction removes a row
-                // that was there once, an addition inserts a row that was not there
+                // one lookup in the usual cases: a retraction removes a row that was
+                // there once, an addition inserts a row that was not there
                 if *diff < 0 {
                     match state.rows.remove(row) {
                         Some(count) if count + diff == 0 => {}
@@ -284,6 +286,7 @@ impl RowsAt {
     }
 }
 
+/// The rows, each as many times as it counts, in row order.
 fn expand(rows: &Rows) -> Vec<Row> {
     let mut out = Vec::with_capacity(rows.len());
     for (row, n) in rows {
@@ -291,6 +294,7 @@ fn expand(rows: &Rows) -> Vec<Row> {
             out.push(row.clone());
         }
     }
+    out.sort_unstable();
     out
 }
 

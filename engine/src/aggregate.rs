@@ -1,0 +1,412 @@
+//! `GROUP BY` in the dataflow: one operator that keeps each group's input values and
+//! emits the group's row whenever an epoch changes it.
+//!
+//! ```text
+//!   (key, values) updates ──exchange by key──▶ Aggregate ──(key ++ aggregates) changes──▶
+//!                                              per group: the multiset of its values,
+//!                                                         its last emitted aggregates
+//! ```
+//!
+//! Epochs are totally ordered and an epoch's output depends only on the updates through
+//! it, so the operator buffers updates by epoch and, once the input frontier has passed
+//! an epoch, applies it: each touched group merges the epoch's (consolidated) updates into
+//! its sorted multiset, recomputes its aggregates, and emits a retraction of the old row
+//! and the new row if they differ. This is what differential's `reduce` computes for a
+//! total order, without the two arrangements (input and output, each a sorted spine
+//! merged in the background with a history per key) that a partially ordered time needs:
+//! see docs/architecture.md.
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+
+use differential_dataflow::hashable::Hashable;
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
+use timely::dataflow::operators::{Capability, Operator};
+
+use crate::expr::Scalar;
+use crate::plan::{AggFunc, Aggregate};
+use crate::schema::DataType;
+use crate::time::Epoch;
+use crate::value::{Row, Value};
+
+/// Where an aggregate finds its input value for each event.
+#[derive(Clone)]
+pub enum Slot {
+    /// At this position of the event's values.
+    Column(usize),
+    /// The same for every event (e.g. the 1 of `count(*)`).
+    Constant(Value),
+}
+
+/// The distinct `(argument, filter)` inputs of the aggregates, and each aggregate's slot:
+/// each event carries one value per *distinct* input, and none for a constant one
+/// (`count(*)`), so that groups hold less and events whose values coincide consolidate.
+pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<Slot>) {
+    let mut inputs: Vec<(Scalar, Option<Scalar>)> = Vec::new();
+    let slots = aggregates
+        .iter()
+        .map(|a| match (&a.arg, &a.filter) {
+            (Scalar::Literal(v), None) => Slot::Constant(v.clone()),
+            (arg, filter) => {
+                let input = (arg.clone(), filter.clone());
+                let i = inputs.iter().position(|x| *x == input).unwrap_or_else(|| {
+                    inputs.push(input);
+                    inputs.len() - 1
+                });
+                Slot::Column(i)
+            }
+        })
+        .collect();
+    (inputs, slots)
+}
+
+/// One group: its row (its key, then the aggregates last emitted for it: none before
+/// the first) and its input values (sorted, consolidated, no zero counts).
+#[derive(Default)]
+struct Group {
+    row: Row,
+    values: Vec<(Row, isize)>,
+}
+
+/// The groups of one worker: a slab of groups and a hash table of slab positions by key
+/// (each key is held once, at the start of its group's row).
+#[derive(Default)]
+struct Groups {
+    /// How many values of a group's row are its key (`None`: all of them, as in DISTINCT).
+    key_len: Option<usize>,
+    table: hashbrown::HashTable<u32>,
+    slab: Vec<Group>,
+    free: Vec<u32>,
+    hasher: foldhash::fast::FixedState,
+    /// The aggregates being computed (reused).
+    scratch: Row,
+}
+
+impl Groups {
+    fn new(key_len: Option<usize>) -> Groups {
+        Groups { key_len, ..Groups::default() }
+    }
+
+    fn key_len(&self, row: &[Value]) -> usize {
+        self.key_len.unwrap_or(row.len())
+    }
+
+    /// The slab position of the key's group, made (empty) if it has none.
+    fn position(&mut self, key: Row) -> u32 {
+        let k = self.key_len(&key);
+        let hash = self.hasher.hash_one(&key[..]);
+        let slab = &mut self.slab;
+        if let Some(i) = self.table.find(hash, |i| slab[*i as usize].row[..k] == key[..]) {
+            return *i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                slab.push(Group::default());
+                u32::try_from(slab.len() - 1).expect("fewer than 2^32 groups per worker")
+            }
+        };
+        slab[i as usize].row = key;
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, i, |i| hasher.hash_one(&slab[*i as usize].row[..k]));
+        i
+    }
+
+    /// Forgets an emptied group.
+    fn remove(&mut self, i: u32) -> Group {
+        let group = std::mem::take(&mut self.slab[i as usize]);
+        let hash = self.hasher.hash_one(&group.row[..self.key_len(&group.row)]);
+        if let Ok(entry) = self.table.find_entry(hash, |j| *j == i) {
+            entry.remove();
+        }
+        self.free.push(i);
+        group
+    }
+}
+
+type Update = ((Row, Row), Epoch, isize);
+
+/// Groups `(key, values)` updates by key; each group becomes one row, `key ++ aggregates`.
+/// Every key must have `key_len` values (`None`: keys are whole rows, without aggregates).
+pub fn group<'s>(input: VecCollection<'s, Epoch, (Row, Row), isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize> {
+    if timely::dataflow::Scope::peers(&input.inner.scope()) > 1 {
+        let by_key = Exchange::new(|((key, _), _, _): &Update| key.hashed());
+        operator(input, by_key, key_len, aggregates)
+    } else {
+        operator(input, Pipeline, key_len, aggregates)
+    }
+}
+
+fn operator<'s, P>(input: VecCollection<'s, Epoch, (Row, Row), isize>, pact: P, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize>
+where
+    P: ParallelizationContract<Epoch, Vec<Update>>,
+{
+    input
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<(Row, Epoch, isize)>>, _, _, _>(pact, "Aggregate", move |_, _| {
+            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<((Row, Row), isize)>)> = BTreeMap::new();
+            let mut groups = Groups::new(key_len);
+            move |(input, frontier), output| {
+                input.for_each(|cap, updates| {
+                    for (kv, t, diff) in updates.drain(..) {
+                        pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new())).1.push((kv, diff));
+                    }
+                });
+                // apply every epoch the frontier has passed, in order
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let (t, (cap, updates)) = entry.remove_entry();
+                    let mut session = output.session(&cap);
+                    apply(&mut groups, &aggregates, updates, |row, diff| session.give((row, t, diff)));
+                }
+            }
+        })
+        .as_collection()
+}
+
+/// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
+fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: Vec<((Row, Row), isize)>, mut emit: impl FnMut(Row, isize)) {
+    // each update to its group's position (one hash lookup), then sorted by position
+    // and value: the slab positions compare cheaply, and each group's changes come out
+    // sorted and consolidated
+    let mut changes: Vec<((u32, Row), isize)> = updates.into_iter().map(|((key, vals), diff)| ((groups.position(key), vals), diff)).collect();
+    differential_dataflow::consolidation::consolidate(&mut changes);
+    let mut rest = changes.as_mut_slice();
+    while !rest.is_empty() {
+        let i = rest[0].0 .0;
+        let run = rest.iter().position(|((j, _), _)| *j != i).unwrap_or(rest.len());
+        let (these, after) = rest.split_at_mut(run);
+        rest = after;
+        let k = groups.key_len;
+        let group = &mut groups.slab[i as usize];
+        let k = k.unwrap_or(group.row.len());
+        let was_empty = group.values.is_empty();
+        update(&mut group.values, these.iter_mut().map(|((_, v), d)| (std::mem::take(v), *d)));
+        if group.values.is_empty() {
+            let group = groups.remove(i);
+            if !was_empty {
+                emit(group.row, -1);
+            }
+            continue;
+        }
+        let now = &mut groups.scratch;
+        now.clear();
+        now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, &group.values)));
+        if was_empty {
+            group.row.extend_from_slice(now);
+            emit(group.row.clone(), 1);
+        } else if group.row[k..] != now[..] {
+            emit(group.row.clone(), -1);
+            group.row.truncate(k);
+            group.row.extend_from_slice(now);
+            emit(group.row.clone(), 1);
+        }
+    }
+}
+
+/// Applies sorted, consolidated changes to a sorted multiset, dropping what cancels: in
+/// place when they are few, by merging otherwise.
+fn update(values: &mut Vec<(Row, isize)>, changes: impl ExactSizeIterator<Item = (Row, isize)>) {
+    if changes.len() > 8 && changes.len() * 4 > values.len() {
+        *values = merge(std::mem::take(values), changes);
+        return;
+    }
+    for (row, diff) in changes {
+        match values.binary_search_by(|(v, _)| v.cmp(&row)) {
+            Ok(at) => {
+                values[at].1 += diff;
+                if values[at].1 == 0 {
+                    values.remove(at);
+                }
+            }
+            Err(at) => values.insert(at, (row, diff)),
+        }
+    }
+}
+
+/// Merges sorted, consolidated changes into a sorted multiset, dropping what cancels.
+fn merge(values: Vec<(Row, isize)>, changes: impl Iterator<Item = (Row, isize)>) -> Vec<(Row, isize)> {
+    let mut changes = changes.peekable();
+    if values.is_empty() {
+        return changes.collect();
+    }
+    let mut out = Vec::with_capacity(values.len() + changes.size_hint().0);
+    let mut values = values.into_iter().peekable();
+    loop {
+        let order = match (values.peek(), changes.peek()) {
+            (Some(a), Some(b)) => a.0.cmp(&b.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
+        };
+        match order {
+            std::cmp::Ordering::Less => out.push(values.next().expect("peeked")),
+            std::cmp::Ordering::Greater => out.push(changes.next().expect("peeked")),
+            std::cmp::Ordering::Equal => {
+                let (row, n) = values.next().expect("peeked");
+                let (_, m) = changes.next().expect("peeked");
+                if n + m != 0 {
+                    out.push((row, n + m));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Computes aggregate `a` over a group's values (those with a positive count).
+fn aggregate(a: &Aggregate, slot: &Slot, vals: &[(Row, isize)]) -> Value {
+    if a.distinct {
+        return aggregate_distinct(a, slot, vals);
+    }
+    let mut totals = Totals::default();
+    match slot {
+        Slot::Column(i) => {
+            for (row, n) in vals {
+                if *n > 0 && !row[*i].is_null() {
+                    totals.add(a.func, &row[*i], *n);
+                }
+            }
+        }
+        Slot::Constant(Value::Null) => {}
+        Slot::Constant(v) => {
+            for (_, n) in vals {
+                if *n > 0 {
+                    totals.add(a.func, v, *n);
+                }
+            }
+        }
+    }
+    totals.result(a)
+}
+
+/// `func(DISTINCT …)`: each distinct non-NULL value once.
+fn aggregate_distinct(a: &Aggregate, slot: &Slot, vals: &[(Row, isize)]) -> Value {
+    let present = vals.iter().filter(|(_, n)| *n > 0);
+    let mut distinct: Vec<&Value> = match slot {
+        Slot::Column(i) => present.map(|(row, _)| &row[*i]).filter(|v| !v.is_null()).collect(),
+        Slot::Constant(Value::Null) => Vec::new(),
+        Slot::Constant(v) => present.map(|_| v).take(1).collect(),
+    };
+    distinct.sort();
+    distinct.dedup();
+    let mut totals = Totals::default();
+    for v in distinct {
+        totals.add(a.func, v, 1);
+    }
+    totals.result(a)
+}
+
+/// What an aggregate accumulates over its (non-NULL) values; only what its function needs.
+#[derive(Default)]
+struct Totals<'a> {
+    count: i64,
+    int_sum: i64,
+    float_sum: f64,
+    min: Option<&'a Value>,
+    max: Option<&'a Value>,
+}
+
+impl<'a> Totals<'a> {
+    #[inline]
+    fn add(&mut self, func: AggFunc, v: &'a Value, n: isize) {
+        self.count += n as i64;
+        match func {
+            AggFunc::Count => {}
+            AggFunc::Sum | AggFunc::Avg => match v {
+                Value::Int(x) => {
+                    self.int_sum = self.int_sum.wrapping_add(x.wrapping_mul(n as i64));
+                    self.float_sum += *x as f64 * n as f64;
+                }
+                Value::Float(x) => self.float_sum += x * n as f64,
+                _ => {}
+            },
+            AggFunc::Min => {
+                if self.min.is_none_or(|m| v < m) {
+                    self.min = Some(v);
+                }
+            }
+            AggFunc::Max => {
+                if self.max.is_none_or(|m| v > m) {
+                    self.max = Some(v);
+                }
+            }
+        }
+    }
+
+    fn result(self, a: &Aggregate) -> Value {
+        if a.func == AggFunc::Count {
+            return Value::Int(self.count);
+        }
+        if self.count == 0 {
+            return Value::Null;
+        }
+        match a.func {
+            AggFunc::Count => Value::Int(self.count),
+            AggFunc::Sum if a.output == DataType::Int => Value::Int(self.int_sum),
+            AggFunc::Sum => Value::Float(self.float_sum),
+            AggFunc::Avg => Value::Float(self.float_sum / self.count as f64),
+            AggFunc::Min => self.min.cloned().unwrap_or(Value::Null),
+            AggFunc::Max => self.max.cloned().unwrap_or(Value::Null),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(values: &[i64]) -> Row {
+        values.iter().map(|v| Value::Int(*v)).collect()
+    }
+
+    #[test]
+    fn merging_keeps_the_multiset_sorted_and_drops_what_cancels() {
+        let values = vec![(row(&[1]), 2), (row(&[3]), 1), (row(&[5]), 1)];
+        let changes = vec![(row(&[0]), 1), (row(&[3]), -1), (row(&[4]), 2), (row(&[5]), 1), (row(&[9]), -1)];
+        let merged = merge(values, changes.into_iter());
+        assert_eq!(merged, vec![(row(&[0]), 1), (row(&[1]), 2), (row(&[4]), 2), (row(&[5]), 2), (row(&[9]), -1)]);
+        assert!(merge(vec![(row(&[1]), 1)], vec![(row(&[1]), -1)].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn applying_in_place_agrees_with_merging() {
+        let values = vec![(row(&[1]), 2), (row(&[3]), 1), (row(&[5]), 1)];
+        let changes = vec![(row(&[0]), 1), (row(&[3]), -1), (row(&[5]), 1), (row(&[9]), -1)];
+        let mut in_place = values.clone();
+        update(&mut in_place, changes.clone().into_iter());
+        assert_eq!(in_place, merge(values, changes.into_iter()));
+    }
+
+    #[test]
+    fn a_group_emits_its_old_row_and_its_new_one_and_leaves_when_emptied() {
+        let count = Aggregate { func: AggFunc::Count, arg: Scalar::Literal(Value::Int(1)), distinct: false, filter: None, output: DataType::Int };
+        let max = Aggregate { func: AggFunc::Max, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
+        let aggregates = vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))];
+        let mut groups = Groups::new(Some(1));
+        let mut out = Vec::new();
+        let k = || row(&[7]);
+        apply(&mut groups, &aggregates, vec![((k(), row(&[4])), 1), ((k(), row(&[2])), 1), ((row(&[8]), row(&[1])), 1)], |r, d| out.push((r, d)));
+        out.sort();
+        assert_eq!(out, vec![(row(&[7, 2, 4]), 1), (row(&[8, 1, 1]), 1)]);
+        out.clear();
+        // an update that changes nothing visible emits nothing
+        apply(&mut groups, &aggregates, vec![((k(), row(&[2])), 1), ((k(), row(&[3])), 1), ((k(), row(&[2])), -1), ((k(), row(&[3])), -1)], |r, d| out.push((r, d)));
+        assert!(out.is_empty());
+        apply(&mut groups, &aggregates, vec![((k(), row(&[9])), 1)], |r, d| out.push((r, d)));
+        assert_eq!(out, vec![(row(&[7, 2, 4]), -1), (row(&[7, 3, 9]), 1)]);
+        out.clear();
+        apply(&mut groups, &aggregates, vec![((k(), row(&[9])), -1), ((k(), row(&[4])), -1), ((k(), row(&[2])), -1)], |r, d| out.push((r, d)));
+        assert_eq!(out, vec![(row(&[7, 3, 9]), -1)]);
+        // the emptied group's place is reused
+        assert_eq!(groups.free.len(), 1);
+        apply(&mut groups, &aggregates, vec![((k(), row(&[5])), 1)], |r, d| out.push((r, d)));
+        assert_eq!(out.last(), Some(&(row(&[7, 1, 5]), 1)));
+        assert!(groups.free.is_empty());
+        assert_eq!(groups.table.len(), 2);
+    }
+}
