@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the per-event hot paths: NDJSON decoding and validation, row
-//! encoding for the log, window assignment, and log append. Run with
+//! encoding for the log, window assignment, the `GROUP BY` step, and log append. Run with
 //! `cargo bench --bench hot_paths`; the whole ingest → view path is measured by
 //! `weir bench` (see docs/benchmarks.md).
 
@@ -55,6 +55,49 @@ fn windows(c: &mut Criterion) {
     g.finish();
 }
 
+/// One epoch of 10,000 events into `engine-window`'s grouping (minute, tenant, kind →
+/// count, sum, min, max of value): first into new groups, then into groups that exist.
+fn group_step(c: &mut Criterion) {
+    use weir_engine::aggregate::Grouping;
+    use weir_engine::expr::Scalar;
+    use weir_engine::plan::{AggFunc, Aggregate};
+    use weir_engine::schema::DataType;
+    let value = || Scalar::Column(3);
+    let aggregates: Vec<Aggregate> = [(AggFunc::Count, Scalar::Literal(Value::Int(1)), DataType::Int), (AggFunc::Sum, value(), DataType::Float), (AggFunc::Min, value(), DataType::Float), (AggFunc::Max, value(), DataType::Float)]
+        .into_iter()
+        .map(|(func, arg, output)| Aggregate { func, arg, distinct: false, filter: None, output })
+        .collect();
+    let updates = |n: usize| -> Vec<((Row, Row), isize)> {
+        rows(n).into_iter().map(|r| ((vec![Value::Timestamp(bin(match r[1] { Value::Timestamp(t) => t, _ => 0 }, 60_000, 0)), r[0].clone(), r[2].clone()], vec![r[3].clone()]), 1)).collect()
+    };
+    let mut g = c.benchmark_group("group_step");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("window_count_sum_min_max_10000_new_groups", |b| {
+        b.iter_batched(|| (Grouping::new(3, &aggregates), updates(10_000)), |(mut grouping, batch)| {
+            let mut changes = 0;
+            grouping.apply(batch, |_, _| changes += 1);
+            // (the state is dropped outside the timing)
+            (grouping, changes)
+        }, BatchSize::LargeInput)
+    });
+    g.bench_function("window_count_sum_min_max_10000_into_existing_groups", |b| {
+        b.iter_batched(
+            || {
+                let mut grouping = Grouping::new(3, &aggregates);
+                grouping.apply(updates(10_000), |_, _| {});
+                (grouping, updates(10_000))
+            },
+            |(mut grouping, batch)| {
+                let mut changes = 0;
+                grouping.apply(batch, |_, _| changes += 1);
+                (grouping, changes)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
 fn log_append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut wal = Wal::open(dir.path(), weir_engine::wal::SEGMENT_BYTES, |_| {}).unwrap();
@@ -71,5 +114,5 @@ fn log_append(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot_paths, ndjson, row_encoding, windows, log_append);
+criterion_group!(hot_paths, ndjson, row_encoding, windows, group_step, log_append);
 criterion_main!(hot_paths);

@@ -126,6 +126,26 @@ impl Groups {
     }
 }
 
+/// A `GROUP BY`'s state and step, outside the dataflow (for benchmarks).
+pub struct Grouping {
+    groups: Groups,
+    aggregates: Vec<(Aggregate, Slot)>,
+}
+
+impl Grouping {
+    /// Groups of keys of `key_len` values, computing these aggregates.
+    pub fn new(key_len: usize, aggregates: &[Aggregate]) -> Grouping {
+        let (_, slots) = inputs(aggregates);
+        Grouping { groups: Groups::new(Some(key_len)), aggregates: aggregates.iter().cloned().zip(slots).collect() }
+    }
+
+    /// Applies one epoch's `(key, values)` updates (values as [`inputs`] lays them out);
+    /// `emit` gets each changed group's old row (-1) and new row (+1).
+    pub fn apply(&mut self, updates: Vec<((Row, Row), isize)>, emit: impl FnMut(Row, isize)) {
+        apply(&mut self.groups, &self.aggregates, updates, emit)
+    }
+}
+
 type Update = ((Row, Row), Epoch, isize);
 
 /// Groups `(key, values)` updates by key; each group becomes one row, `key ++ aggregates`.
@@ -209,9 +229,10 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: Vec<((R
 }
 
 /// Applies sorted, consolidated changes to a sorted multiset, dropping what cancels: in
-/// place when they are few, by merging otherwise.
+/// place when there are one or two, or few values in all (each insertion or removal moves
+/// the values after it), by merging into a new vector otherwise.
 fn update(values: &mut Vec<(Row, isize)>, changes: impl ExactSizeIterator<Item = (Row, isize)>) {
-    if changes.len() > 8 && changes.len() * 4 > values.len() {
+    if changes.len() > 2 && values.len() + changes.len() > 64 {
         *values = merge(std::mem::take(values), changes);
         return;
     }
@@ -380,6 +401,20 @@ mod tests {
         let mut in_place = values.clone();
         update(&mut in_place, changes.clone().into_iter());
         assert_eq!(in_place, merge(values, changes.into_iter()));
+        // the same against a map, for every way `update` may take (few or many changes
+        // into small or large groups)
+        for (n, k) in [(0, 1), (3, 2), (10, 30), (100, 2), (100, 40), (1000, 3)] {
+            let values: Vec<(Row, isize)> = (0..n).map(|i| (row(&[2 * i]), 1)).collect();
+            let changes: Vec<(Row, isize)> = (0..k).map(|j| (row(&[3 * j]), if j % 2 == 0 { -1 } else { 2 })).collect();
+            let mut expected: std::collections::BTreeMap<Row, isize> = values.iter().cloned().collect();
+            for (r, d) in &changes {
+                *expected.entry(r.clone()).or_default() += d;
+            }
+            expected.retain(|_, d| *d != 0);
+            let mut updated = values;
+            update(&mut updated, changes.into_iter());
+            assert_eq!(updated, expected.into_iter().collect::<Vec<_>>(), "{n} values, {k} changes");
+        }
     }
 
     #[test]

@@ -215,6 +215,8 @@ struct ViewRuntime {
     inputs: Vec<ViewInput>,
     probe: ProbeHandle<Epoch>,
     output: Rc<RefCell<Vec<(Row, Epoch, isize)>>>,
+    /// Whether an epoch's output never repeats a row (see `Node::changes_are_consolidated`).
+    consolidated: bool,
     dataflow: usize,
     /// The latest epoch published to the store.
     published: Epoch,
@@ -527,6 +529,7 @@ fn create_view(
     let sink = output.clone();
     let dataflow = worker.next_dataflow_index();
     let root = plan.root.clone();
+    let consolidated = plan.root.changes_are_consolidated();
     let count = sources.len();
     let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
         let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();
@@ -554,7 +557,7 @@ fn create_view(
             ViewInput { stream, session, expired_before }
         })
         .collect();
-    let mut view = ViewRuntime { name: plan.name, time, inputs, probe, output, dataflow, published: 0, created: None, seeded_below: frontier };
+    let mut view = ViewRuntime { name: plan.name, time, inputs, probe, output, consolidated, dataflow, published: 0, created: None, seeded_below: frontier };
     for i in 0..view.inputs.len() {
         view.inputs[i].session.advance_to(frontier - 1);
         let source = &retained[view.inputs[i].stream];
@@ -599,7 +602,11 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewSt
         }
         drop(output);
         for (epoch, mut changes) in ready {
-            consolidate(&mut changes);
+            if v.consolidated {
+                changes.retain(|(_, diff)| *diff != 0);
+            } else {
+                consolidate(&mut changes);
+            }
             let now = crate::time::now_ms();
             for d in detectors.iter_mut().filter(|d| d.view() == v.name) {
                 d.apply(&changes, now);

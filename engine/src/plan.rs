@@ -99,6 +99,20 @@ pub enum Node {
     },
 }
 
+impl Node {
+    /// Whether the node's changes in one epoch never mention a row twice: a grouped
+    /// aggregate's (one group, one key: its old row and a different new one) and
+    /// DISTINCT's, and a filter of either. Such changes need no consolidation.
+    pub fn changes_are_consolidated(&self) -> bool {
+        match self {
+            Node::Aggregate { keys, .. } => !keys.is_empty(),
+            Node::Distinct { .. } => true,
+            Node::Filter { input, .. } => input.changes_are_consolidated(),
+            _ => false,
+        }
+    }
+}
+
 /// One aggregate of a `GROUP BY`.
 #[derive(Clone, Debug)]
 pub struct Aggregate {

@@ -144,15 +144,17 @@ impl Ord for Value {
 }
 
 impl Hash for Value {
+    /// Equal values hash equally; values of different types may collide (a column holds
+    /// one type), so scalars are one write each, without a type tag.
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.rank().hash(state);
         match self {
-            Value::Null => {}
-            Value::Bool(b) => b.hash(state),
-            Value::Int(i) => i.hash(state),
-            Value::Float(f) => float_key(*f).to_bits().hash(state),
+            Value::Null => state.write_u8(0),
+            Value::Bool(b) => state.write_u8(1 + u8::from(*b)),
+            Value::Int(i) => state.write_i64(*i),
+            Value::Float(f) => state.write_u64(float_key(*f).to_bits()),
             Value::Str(s) => s.hash(state),
-            Value::Timestamp(t) => t.hash(state),
+            Value::Timestamp(t) => state.write_i64(*t),
             Value::Map(m) => m.hash(state),
             Value::List(l) => l.hash(state),
         }
@@ -164,7 +166,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn equality_agrees_with_the_order() {
+    fn equality_agrees_with_the_order_and_the_hash() {
         let values = [
             Value::Null,
             Value::Bool(true),
@@ -181,6 +183,10 @@ mod tests {
         for a in &values {
             for b in &values {
                 assert_eq!(a == b, a.cmp(b) == Ordering::Equal, "{a:?} vs {b:?}");
+                if a == b {
+                    let hash = |v: &Value| std::hash::BuildHasher::hash_one(&std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(), v);
+                    assert_eq!(hash(a), hash(b), "{a:?} and {b:?} are equal but hash differently");
+                }
                 assert_eq!(a.clone() == *b, a == b);
             }
         }
