@@ -1,10 +1,12 @@
-//! `GROUP BY` in the dataflow: one operator that keeps each group's input values and
-//! emits the group's row whenever an epoch changes it.
+//! `GROUP BY` (and `DISTINCT`, a grouping without aggregates) in the dataflow: one
+//! operator that keeps each group's input values and emits the group's row whenever an
+//! epoch changes it.
 //!
 //! ```text
 //!   (key, values) updates ──exchange by key──▶ Aggregate ──(key ++ aggregates) changes──▶
-//!                                              per group: the multiset of its values,
-//!                                                         its last emitted aggregates
+//!                                              per group: its row (key, then the
+//!                                              aggregates last emitted) and the
+//!                                              sorted multiset of its values
 //! ```
 //!
 //! Epochs are totally ordered and an epoch's output depends only on the updates through
