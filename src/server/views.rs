@@ -56,7 +56,14 @@ pub struct CreateView {
 pub async fn create(State(app): State<AppState>, body: axum::body::Bytes) -> Result<(StatusCode, Json<Json_>), ApiError> {
     let req: CreateView = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("expected {{\"sql\": \"CREATE VIEW …\", \"lateness\"?, \"retention\"?}}: {e}")))?;
-    let info = app.engine.create_view(ViewDefinition { sql: req.sql, lateness: req.lateness, retention: req.retention }).await?;
+    // in a task of its own: a client that goes away while the view loads drops this
+    // request's future, which must not stop the creation between the dataflow and the
+    // catalog (the view would run, but not come back after a restart)
+    let engine = app.engine.clone();
+    let def = ViewDefinition { sql: req.sql, lateness: req.lateness, retention: req.retention };
+    let info = tokio::spawn(async move { engine.create_view(def).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("creating the view failed: {e}")))??;
     let epoch = app.engine.view(&info.name).map(|v| v.epoch()).unwrap_or(0);
     Ok((StatusCode::CREATED, Json(info_json(&info, epoch))))
 }
