@@ -78,9 +78,9 @@ struct Group {
 struct Groups {
     /// How many values of a group's row are its key (`None`: all of them, as in DISTINCT).
     key_len: Option<usize>,
-    table: hashbrown::HashTable<u32>,
+    table: hashbrown::HashTable<usize>,
     slab: Vec<Group>,
-    free: Vec<u32>,
+    free: Vec<usize>,
     hasher: foldhash::fast::FixedState,
     /// The aggregates being computed (reused).
     scratch: Row,
@@ -95,30 +95,27 @@ impl Groups {
         self.key_len.unwrap_or(row.len())
     }
 
-    /// The slab position of the key's group, made (empty) if it has none.
-    fn position(&mut self, key: Row) -> u32 {
+    /// The slab position of the key's group, and whether it was made (empty) just now.
+    fn position(&mut self, key: Row) -> (usize, bool) {
         let k = self.key_len(&key);
         let hash = self.hasher.hash_one(&key[..]);
         let slab = &mut self.slab;
-        if let Some(i) = self.table.find(hash, |i| slab[*i as usize].row[..k] == key[..]) {
-            return *i;
+        if let Some(i) = self.table.find(hash, |i| slab[*i].row[..k] == key[..]) {
+            return (*i, false);
         }
-        let i = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                slab.push(Group::default());
-                u32::try_from(slab.len() - 1).expect("fewer than 2^32 groups per worker")
-            }
-        };
-        slab[i as usize].row = key;
+        let i = self.free.pop().unwrap_or_else(|| {
+            slab.push(Group::default());
+            slab.len() - 1
+        });
+        slab[i].row = key;
         let hasher = &self.hasher;
-        self.table.insert_unique(hash, i, |i| hasher.hash_one(&slab[*i as usize].row[..k]));
-        i
+        self.table.insert_unique(hash, i, |i| hasher.hash_one(&slab[*i].row[..k]));
+        (i, true)
     }
 
-    /// Forgets an emptied group.
-    fn remove(&mut self, i: u32) -> Group {
-        let group = std::mem::take(&mut self.slab[i as usize]);
+    /// Forgets a group (its values are gone).
+    fn remove(&mut self, i: usize) -> Group {
+        let group = std::mem::take(&mut self.slab[i]);
         let hash = self.hasher.hash_one(&group.row[..self.key_len(&group.row)]);
         if let Ok(entry) = self.table.find_entry(hash, |j| *j == i) {
             entry.remove();
@@ -195,8 +192,27 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: Vec<((R
     // each update to its group's position (one hash lookup), then sorted by position
     // and value: the slab positions compare cheaply, and each group's changes come out
     // sorted and consolidated
-    let mut changes: Vec<((u32, Row), isize)> = updates.into_iter().map(|((key, vals), diff)| ((groups.position(key), vals), diff)).collect();
+    let mut made = Vec::new();
+    let mut changes: Vec<((usize, Row), isize)> = updates
+        .into_iter()
+        .map(|((key, vals), diff)| {
+            let (i, new) = groups.position(key);
+            if new {
+                made.push(i);
+            }
+            ((i, vals), diff)
+        })
+        .collect();
     differential_dataflow::consolidation::consolidate(&mut changes);
+    // a group made for updates that all cancel gets no run below: forget it
+    let mut runs = changes.iter().map(|((i, _), _)| *i).peekable();
+    made.sort_unstable();
+    for i in made {
+        while runs.next_if(|j| *j < i).is_some() {}
+        if runs.peek() != Some(&i) {
+            groups.remove(i);
+        }
+    }
     let mut rest = changes.as_mut_slice();
     while !rest.is_empty() {
         let i = rest[0].0 .0;
@@ -204,7 +220,7 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: Vec<((R
         let (these, after) = rest.split_at_mut(run);
         rest = after;
         let k = groups.key_len;
-        let group = &mut groups.slab[i as usize];
+        let group = &mut groups.slab[i];
         let k = k.unwrap_or(group.row.len());
         let was_empty = group.values.is_empty();
         update(&mut group.values, these.iter_mut().map(|((_, v), d)| (std::mem::take(v), *d)));
@@ -445,5 +461,11 @@ mod tests {
         assert_eq!(out.last(), Some(&(row(&[7, 1, 5]), 1)));
         assert!(groups.free.is_empty());
         assert_eq!(groups.table.len(), 2);
+        // updates to a new key that cancel within the epoch leave no group behind
+        out.clear();
+        apply(&mut groups, &aggregates, vec![((row(&[9]), row(&[1])), 1), ((row(&[9]), row(&[1])), -1)], |r, d| out.push((r, d)));
+        assert!(out.is_empty());
+        assert_eq!(groups.table.len(), 2);
+        assert_eq!(groups.free.len(), 1);
     }
 }

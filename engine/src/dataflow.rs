@@ -197,6 +197,11 @@ impl RetainedStream {
     fn between(&self, from: i64, to: i64) -> impl Iterator<Item = &Kept> {
         self.events.range(bucket(from)..=bucket(to)).flat_map(|(_, kept)| kept).filter(move |k| k.ts >= from && k.ts < to)
     }
+
+    /// The retained events with a time of `from` or later.
+    fn since(&self, from: i64) -> impl Iterator<Item = &Kept> {
+        self.events.range(bucket(from)..).flat_map(|(_, kept)| kept).filter(move |k| k.ts >= from)
+    }
 }
 
 /// One stream feeding a view.
@@ -561,7 +566,7 @@ fn create_view(
     for i in 0..view.inputs.len() {
         view.inputs[i].session.advance_to(frontier - 1);
         let source = &retained[view.inputs[i].stream];
-        for kept in source.between(view.inputs[i].expired_before, i64::MAX) {
+        for kept in source.since(view.inputs[i].expired_before) {
             if view.admits(&view.inputs[i], kept.ts, kept.late_by) {
                 view.inputs[i].session.update(kept.row.clone(), kept.weight);
             }
