@@ -11,9 +11,10 @@
 //!
 //! Epochs are totally ordered and an epoch's output depends only on the updates through
 //! it, so the operator buffers updates by epoch and, once the input frontier has passed
-//! an epoch, applies it: each touched group merges the epoch's (consolidated) updates into
-//! its sorted multiset, recomputes its aggregates, and emits a retraction of the old row
-//! and the new row if they differ. This is what differential's `reduce` computes for a
+//! an epoch, applies it: each update goes to its group's sorted multiset (in place for a
+//! small group; a large one merges the epoch's consolidated updates once), and then each
+//! touched group recomputes its aggregates and emits a retraction of the old row and the
+//! new row if they differ. This is what differential's `reduce` computes for a
 //! total order, without the two arrangements (input and output, each a sorted spine
 //! merged in the background with a history per key) that a partially ordered time needs:
 //! see docs/architecture.md.
@@ -73,13 +74,16 @@ struct Group {
 }
 
 /// The groups of one worker: a slab of groups and a hash table of slab positions by key
-/// (each key is held once, at the start of its group's row).
+/// (each key is held once, at the start of its group's row; the table keeps each key's
+/// hash beside its position, so growing the table does not hash the keys again).
 #[derive(Default)]
 struct Groups {
     /// How many values of a group's row are its key (`None`: all of them, as in DISTINCT).
     key_len: Option<usize>,
-    table: hashbrown::HashTable<usize>,
+    table: hashbrown::HashTable<(u64, usize)>,
     slab: Vec<Group>,
+    /// Beside the slab: whether the epoch being applied has touched the group yet.
+    touched: Vec<bool>,
     free: Vec<usize>,
     hasher: foldhash::fast::FixedState,
     /// The aggregates being computed (reused).
@@ -95,29 +99,29 @@ impl Groups {
         self.key_len.unwrap_or(row.len())
     }
 
-    /// The slab position of the key's group, and whether it was made (empty) just now.
-    fn position(&mut self, key: Row) -> (usize, bool) {
+    /// The slab position of the key's group (made, empty, if there was none).
+    fn position(&mut self, key: Row) -> usize {
         let k = self.key_len(&key);
         let hash = self.hasher.hash_one(&key[..]);
         let slab = &mut self.slab;
-        if let Some(i) = self.table.find(hash, |i| slab[*i].row[..k] == key[..]) {
-            return (*i, false);
+        if let Some((_, i)) = self.table.find(hash, |(h, i)| *h == hash && slab[*i].row[..k] == key[..]) {
+            return *i;
         }
         let i = self.free.pop().unwrap_or_else(|| {
             slab.push(Group::default());
+            self.touched.push(false);
             slab.len() - 1
         });
         slab[i].row = key;
-        let hasher = &self.hasher;
-        self.table.insert_unique(hash, i, |i| hasher.hash_one(&slab[*i].row[..k]));
-        (i, true)
+        self.table.insert_unique(hash, (hash, i), |(h, _)| *h);
+        i
     }
 
     /// Forgets a group (its values are gone).
     fn remove(&mut self, i: usize) -> Group {
         let group = std::mem::take(&mut self.slab[i]);
         let hash = self.hasher.hash_one(&group.row[..self.key_len(&group.row)]);
-        if let Ok(entry) = self.table.find_entry(hash, |j| *j == i) {
+        if let Ok(entry) = self.table.find_entry(hash, |(_, j)| *j == i) {
             entry.remove();
         }
         self.free.push(i);
@@ -187,44 +191,50 @@ where
         .as_collection()
 }
 
+/// A group with fewer values than this takes each change in place as it comes (a binary
+/// search and a short move); a larger one collects the epoch's changes and merges them
+/// into its values once.
+const IN_PLACE: usize = 64;
+
 /// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
 fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: Vec<((Row, Row), isize)>, mut emit: impl FnMut(Row, isize)) {
-    // each update to its group's position (one hash lookup), then sorted by position
-    // and value: the slab positions compare cheaply, and each group's changes come out
-    // sorted and consolidated
-    let mut made = Vec::new();
-    let mut changes: Vec<((usize, Row), isize)> = updates
-        .into_iter()
-        .map(|((key, vals), diff)| {
-            let (i, new) = groups.position(key);
-            if new {
-                made.push(i);
-            }
-            ((i, vals), diff)
-        })
-        .collect();
-    differential_dataflow::consolidation::consolidate(&mut changes);
-    // a group made for updates that all cancel gets no run below: forget it
-    let mut runs = changes.iter().map(|((i, _), _)| *i).peekable();
-    made.sort_unstable();
-    for i in made {
-        while runs.next_if(|j| *j < i).is_some() {}
-        if runs.peek() != Some(&i) {
-            groups.remove(i);
+    // the groups the epoch touches, in the order it first does, and whether each was empty
+    let mut touched: Vec<(usize, bool)> = Vec::new();
+    // changes to large groups, merged below
+    let mut deferred: Vec<((usize, Row), isize)> = Vec::new();
+    for ((key, vals), diff) in updates {
+        let i = groups.position(key);
+        let values = &mut groups.slab[i].values;
+        if !groups.touched[i] {
+            groups.touched[i] = true;
+            touched.push((i, values.is_empty()));
+        }
+        if values.len() < IN_PLACE {
+            change(values, vals, diff);
+        } else {
+            deferred.push(((i, vals), diff));
         }
     }
-    let mut rest = changes.as_mut_slice();
-    while !rest.is_empty() {
-        let i = rest[0].0 .0;
-        let run = rest.iter().position(|((j, _), _)| *j != i).unwrap_or(rest.len());
-        let (these, after) = rest.split_at_mut(run);
-        rest = after;
+    if !deferred.is_empty() {
+        // sorted by position and value: each group's changes come out sorted and consolidated
+        differential_dataflow::consolidation::consolidate(&mut deferred);
+        let mut rest = deferred.as_mut_slice();
+        while !rest.is_empty() {
+            let i = rest[0].0 .0;
+            let run = rest.iter().position(|((j, _), _)| *j != i).unwrap_or(rest.len());
+            let (these, after) = rest.split_at_mut(run);
+            rest = after;
+            let values = &mut groups.slab[i].values;
+            *values = merge(std::mem::take(values), these.iter_mut().map(|((_, v), d)| (std::mem::take(v), *d)));
+        }
+    }
+    for (i, was_empty) in touched {
+        groups.touched[i] = false;
         let k = groups.key_len;
         let group = &mut groups.slab[i];
         let k = k.unwrap_or(group.row.len());
-        let was_empty = group.values.is_empty();
-        update(&mut group.values, these.iter_mut().map(|((_, v), d)| (std::mem::take(v), *d)));
         if group.values.is_empty() {
+            // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
             if !was_empty {
                 emit(group.row, -1);
@@ -246,24 +256,16 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: Vec<((R
     }
 }
 
-/// Applies sorted, consolidated changes to a sorted multiset, dropping what cancels: in
-/// place when there are one or two, or few values in all (each insertion or removal moves
-/// the values after it), by merging into a new vector otherwise.
-fn update(values: &mut Vec<(Row, isize)>, changes: impl ExactSizeIterator<Item = (Row, isize)>) {
-    if changes.len() > 2 && values.len() + changes.len() > 64 {
-        *values = merge(std::mem::take(values), changes);
-        return;
-    }
-    for (row, diff) in changes {
-        match values.binary_search_by(|(v, _)| v.cmp(&row)) {
-            Ok(at) => {
-                values[at].1 += diff;
-                if values[at].1 == 0 {
-                    values.remove(at);
-                }
+/// Applies one change to a sorted multiset in place, dropping the value if it cancels.
+fn change(values: &mut Vec<(Row, isize)>, row: Row, diff: isize) {
+    match values.binary_search_by(|(v, _)| v.cmp(&row)) {
+        Ok(at) => {
+            values[at].1 += diff;
+            if values[at].1 == 0 {
+                values.remove(at);
             }
-            Err(at) => values.insert(at, (row, diff)),
         }
+        Err(at) => values.insert(at, (row, diff)),
     }
 }
 
@@ -413,14 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn applying_in_place_agrees_with_merging() {
-        let values = vec![(row(&[1]), 2), (row(&[3]), 1), (row(&[5]), 1)];
-        let changes = vec![(row(&[0]), 1), (row(&[3]), -1), (row(&[5]), 1), (row(&[9]), -1)];
-        let mut in_place = values.clone();
-        update(&mut in_place, changes.clone().into_iter());
-        assert_eq!(in_place, merge(values, changes.into_iter()));
-        // the same against a map, for every way `update` may take (few or many changes
-        // into small or large groups)
+    fn changing_in_place_agrees_with_merging() {
         for (n, k) in [(0, 1), (3, 2), (10, 30), (100, 2), (100, 40), (1000, 3)] {
             let values: Vec<(Row, isize)> = (0..n).map(|i| (row(&[2 * i]), 1)).collect();
             let changes: Vec<(Row, isize)> = (0..k).map(|j| (row(&[3 * j]), if j % 2 == 0 { -1 } else { 2 })).collect();
@@ -429,9 +424,52 @@ mod tests {
                 *expected.entry(r.clone()).or_default() += d;
             }
             expected.retain(|_, d| *d != 0);
-            let mut updated = values;
-            update(&mut updated, changes.into_iter());
-            assert_eq!(updated, expected.into_iter().collect::<Vec<_>>(), "{n} values, {k} changes");
+            let expected: Vec<(Row, isize)> = expected.into_iter().collect();
+            let mut in_place = values.clone();
+            for (r, d) in changes.clone() {
+                change(&mut in_place, r, d);
+            }
+            assert_eq!(in_place, expected, "{n} values, {k} changes in place");
+            assert_eq!(merge(values, changes.into_iter()), expected, "{n} values, {k} changes merged");
+        }
+    }
+
+    #[test]
+    fn groups_small_and_large_agree_with_recomputing() {
+        // a few keys, each receiving many updates per epoch (so that groups cross from
+        // changing in place to merging within an epoch), some retracted in later epochs;
+        // after every epoch the emitted rows add up to count and max recomputed from scratch
+        let count = Aggregate { func: AggFunc::Count, arg: Scalar::Literal(Value::Int(1)), distinct: false, filter: None, output: DataType::Int };
+        let max = Aggregate { func: AggFunc::Max, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
+        let aggregates = vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))];
+        let mut groups = Groups::new(Some(1));
+        let mut view: std::collections::BTreeMap<Row, isize> = Default::default();
+        let mut all: std::collections::BTreeMap<(i64, i64), isize> = Default::default();
+        let mut seed = 17u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as i64
+        };
+        for epoch in 0..12 {
+            let mut updates = Vec::new();
+            for _ in 0..(if epoch % 3 == 0 { 400 } else { 30 }) {
+                let (key, value) = (next() % 4, next() % 150);
+                let present = all.get(&(key, value)).copied().unwrap_or(0);
+                let diff = if present > 0 && next() % 3 == 0 { -1 } else { 1 };
+                *all.entry((key, value)).or_default() += diff;
+                updates.push(((row(&[key]), row(&[value])), diff));
+            }
+            apply(&mut groups, &aggregates, updates, |r, d| *view.entry(r).or_default() += d);
+            view.retain(|_, d| *d != 0);
+            let mut expected: std::collections::BTreeMap<Row, isize> = Default::default();
+            for key in 0..4 {
+                let values: Vec<(i64, isize)> = all.iter().filter(|((k, _), n)| *k == key && **n > 0).map(|((_, v), n)| (*v, *n)).collect();
+                if let Some(hi) = values.iter().map(|(v, _)| *v).max() {
+                    expected.insert(row(&[key, values.iter().map(|(_, n)| *n as i64).sum(), hi]), 1);
+                }
+            }
+            assert_eq!(view, expected, "after epoch {epoch}");
+            assert!(groups.touched.iter().all(|t| !t));
         }
     }
 
