@@ -728,8 +728,11 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
             let aggs: Vec<(Aggregate, crate::aggregate::Slot)> = aggregates.iter().cloned().zip(slots).collect();
             let global = keys.is_empty();
             let key_len = Some(keys.len());
+            let row_len = keys.len() + aggregates.len();
             let keyed = build(input, sources, scope).map(move |row| {
-                let key = eval_all(&keys, &row);
+                // (room for the aggregates: the key becomes the start of its group's row)
+                let mut key = Vec::with_capacity(row_len);
+                key.extend(keys.iter().map(|k| k.eval(&row)));
                 let vals: Row = inputs
                     .iter()
                     .map(|(arg, filter)| match filter {
