@@ -169,12 +169,24 @@ where
     input
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<(Row, Epoch, isize)>>, _, _, _>(pact, "Aggregate", move |_, _| {
-            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<((Row, Row), isize)>)> = BTreeMap::new();
+            // each epoch's updates, in the containers they came in
+            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<Update>>)> = BTreeMap::new();
             let mut groups = Groups::new(key_len);
             move |(input, frontier), output| {
                 input.for_each(|cap, updates| {
-                    for (kv, t, diff) in updates.drain(..) {
-                        pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new())).1.push((kv, diff));
+                    let Some(t) = updates.first().map(|(_, t, _)| *t) else { return };
+                    if updates.iter().all(|(_, u, _)| *u == t) {
+                        // (the usual case: the container is one epoch's, and is kept whole)
+                        pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new())).1.push(std::mem::take(updates));
+                        return;
+                    }
+                    for update in updates.drain(..) {
+                        let t = update.1;
+                        let (_, containers) = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), vec![Vec::new()]));
+                        match containers.last_mut() {
+                            Some(last) => last.push(update),
+                            None => containers.push(vec![update]),
+                        }
                     }
                 });
                 // apply every epoch the frontier has passed, in order
@@ -184,6 +196,7 @@ where
                     }
                     let (t, (cap, updates)) = entry.remove_entry();
                     let mut session = output.session(&cap);
+                    let updates = updates.into_iter().flatten().map(|(kv, _, diff)| (kv, diff));
                     apply(&mut groups, &aggregates, updates, |row, diff| session.give((row, t, diff)));
                 }
             }
@@ -197,7 +210,7 @@ where
 const IN_PLACE: usize = 64;
 
 /// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
-fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: Vec<((Row, Row), isize)>, mut emit: impl FnMut(Row, isize)) {
+fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = ((Row, Row), isize)>, mut emit: impl FnMut(Row, isize)) {
     // the groups the epoch touches, in the order it first does, and whether each was empty
     let mut touched: Vec<(usize, bool)> = Vec::new();
     // changes to large groups, merged below
