@@ -489,6 +489,55 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_applies_each_epoch_in_order_when_one_container_holds_several() {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        use differential_dataflow::input::Input;
+        use timely::dataflow::operators::{Inspect, Probe};
+        let count = Aggregate { func: AggFunc::Count, arg: Scalar::Literal(Value::Int(1)), distinct: false, filter: None, output: DataType::Int };
+        let max = Aggregate { func: AggFunc::Max, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
+        let aggregates = vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))];
+        // (epoch, key, value, diff): several epochs go into the session before it is flushed,
+        // as the dataflow worker does with queued batches, so containers mix epochs
+        let updates: Vec<(Epoch, i64, i64, isize)> = vec![(1, 1, 5, 1), (1, 2, 7, 1), (2, 1, 9, 1), (2, 1, 5, -1), (3, 2, 7, -1), (3, 2, 3, 1), (4, 1, 9, -1)];
+        let mut changes = timely::execute_directly(move |worker| {
+            let out: Rc<RefCell<Vec<(Row, Epoch, isize)>>> = Rc::default();
+            let seen = out.clone();
+            let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (input, updates) = scope.new_collection::<(Row, Row), isize>();
+                let seen = seen.clone();
+                let grouped = group(updates, Some(1), aggregates.clone());
+                let (probe, _) = grouped.inner.inspect(move |change| seen.borrow_mut().push(change.clone())).probe();
+                (input, probe)
+            });
+            for (epoch, key, value, diff) in &updates {
+                input.advance_to(*epoch);
+                input.update((row(&[*key]), row(&[*value])), *diff);
+            }
+            input.advance_to(5);
+            input.flush();
+            while probe.less_than(&5) {
+                worker.step();
+            }
+            let changes = out.borrow().clone();
+            changes
+        });
+        changes.sort_by(|a, b| (a.1, &a.0, a.2).cmp(&(b.1, &b.0, b.2)));
+        assert_eq!(
+            changes,
+            vec![
+                (row(&[1, 1, 5]), 1, 1),
+                (row(&[2, 1, 7]), 1, 1),
+                (row(&[1, 1, 5]), 2, -1),
+                (row(&[1, 1, 9]), 2, 1),
+                (row(&[2, 1, 3]), 3, 1),
+                (row(&[2, 1, 7]), 3, -1),
+                (row(&[1, 1, 9]), 4, -1),
+            ]
+        );
+    }
+
+    #[test]
     fn a_group_emits_its_old_row_and_its_new_one_and_leaves_when_emptied() {
         let count = Aggregate { func: AggFunc::Count, arg: Scalar::Literal(Value::Int(1)), distinct: false, filter: None, output: DataType::Int };
         let max = Aggregate { func: AggFunc::Max, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
