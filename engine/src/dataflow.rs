@@ -538,7 +538,7 @@ fn create_view(
     let count = sources.len();
     let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
         let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();
-        let mut changes = build(&root, &collections, scope);
+        let mut changes = build(&root, &collections, scope, &mut Vec::new());
         if scope.peers() > 1 {
             // worker 0 publishes every view's changes
             changes = changes.inner.exchange(|_| 0).as_collection();
@@ -660,8 +660,26 @@ fn publish_anomalies(store: &ViewStore, epoch: Epoch, mut changes: Vec<(Row, isi
 
 type Rows<'s> = VecCollection<'s, Epoch, Row, isize>;
 
-/// Lowers a plan node into differential operators.
-fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows<'s> {
+/// The plan nodes of a view lowered so far, with their collections.
+type Built<'s> = Vec<(Node, Rows<'s>)>;
+
+/// Lowers a plan node into differential operators, once: a subtree that occurs twice in
+/// a view's plan (both sides of a self-join over one aggregate, as in Nexmark q5) is
+/// computed once and its collection used twice.
+fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: &mut Built<'s>) -> Rows<'s> {
+    if let Node::Scan { source } = node {
+        return sources[*source].clone();
+    }
+    if let Some((_, rows)) = built.iter().find(|(n, _)| n == node) {
+        return rows.clone();
+    }
+    let rows = lower(node, sources, scope, built);
+    built.push((node.clone(), rows.clone()));
+    rows
+}
+
+/// Lowers one plan node (its inputs through [`build`]).
+fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: &mut Built<'s>) -> Rows<'s> {
     match node {
         Node::Scan { source } => sources[*source].clone(),
         Node::Map { .. } | Node::Filter { .. } => {
@@ -682,10 +700,10 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
                 }
             }
             steps.reverse();
-            build(base, sources, scope).flat_map(move |row| apply_steps(&steps, row))
+            build(base, sources, scope, built).flat_map(move |row| apply_steps(&steps, row))
         }
         // a group per distinct row, with no aggregates
-        Node::Distinct { input } => crate::aggregate::group(build(input, sources, scope).map(|row| (row, Row::new())), None, Vec::new()),
+        Node::Distinct { input } => crate::aggregate::group(build(input, sources, scope, built).map(|row| (row, Row::new())), None, Vec::new()),
         Node::Join { left, right, left_keys, right_keys, residual } => {
             let keyed = |keys: &Vec<Scalar>, side: Rows<'s>| {
                 let keys = keys.clone();
@@ -696,8 +714,8 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
                 })
                 .arrange_by_key()
             };
-            let l = keyed(left_keys, build(left, sources, scope));
-            let r = keyed(right_keys, build(right, sources, scope));
+            let l = keyed(left_keys, build(left, sources, scope, built));
+            let r = keyed(right_keys, build(right, sources, scope, built));
             let residual = residual.clone();
             l.join_core(r, move |_key, l: &Row, r: &Row| {
                 let mut row = Vec::with_capacity(l.len() + r.len());
@@ -708,15 +726,17 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
         }
         Node::Unnest { input, column, preserve_nulls } => {
             let (column, preserve_nulls) = (*column, *preserve_nulls);
-            build(input, sources, scope).flat_map(move |row| {
-                let items: Vec<Value> = match &row[column] {
-                    Value::List(items) => items.to_vec(),
-                    Value::Null if preserve_nulls => vec![Value::Null],
-                    _ => Vec::new(),
+            build(input, sources, scope, built).flat_map(move |row| {
+                let items: Arc<[Value]> = match &row[column] {
+                    Value::List(items) => items.clone(),
+                    Value::Null if preserve_nulls => Arc::from([Value::Null]),
+                    _ => Arc::from([]),
                 };
-                items.into_iter().map(move |item| {
-                    let mut out = row.clone();
-                    out[column] = item;
+                // a copy of the row per item but the last, which takes the row itself
+                let mut row = Some(row);
+                (0..items.len()).map(move |i| {
+                    let mut out = if i + 1 == items.len() { row.take() } else { row.clone() }.expect("the row is there until the last item");
+                    out[column] = items[i].clone();
                     out
                 })
             })
@@ -729,7 +749,7 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> Rows
             let global = keys.is_empty();
             let key_len = Some(keys.len());
             let row_len = keys.len() + aggregates.len();
-            let keyed = build(input, sources, scope).map(move |row| {
+            let keyed = build(input, sources, scope, built).map(move |row| {
                 // (room for the aggregates: the key becomes the start of its group's row)
                 let mut key = Vec::with_capacity(row_len);
                 key.extend(keys.iter().map(|k| k.eval(&row)));

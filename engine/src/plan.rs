@@ -39,7 +39,7 @@ pub struct ViewPlan {
 }
 
 /// A dataflow operator in a view plan.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Node {
     /// The rows of one of the view's streams, in stream column order.
     Scan {
@@ -114,7 +114,7 @@ impl Node {
 }
 
 /// One aggregate of a `GROUP BY`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Aggregate {
     /// The function.
     pub func: AggFunc,

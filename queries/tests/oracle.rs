@@ -63,6 +63,19 @@ const VIEWS: &[(&str, &str)] = &[
          GROUP BY o.tenant",
     ),
     (
+        // the same aggregate on both sides of the join (computed once by the dataflow)
+        "busiest_tenant_per_minute",
+        "SELECT c.minute, c.tenant, c.n FROM \
+           (SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, count(*) AS n FROM events \
+            GROUP BY date_bin(INTERVAL '1 minute', ts), tenant) c \
+         JOIN \
+           (SELECT minute, max(n) AS top FROM \
+              (SELECT date_bin(INTERVAL '1 minute', ts) AS minute, tenant, count(*) AS n FROM events \
+               GROUP BY date_bin(INTERVAL '1 minute', ts), tenant) per_tenant \
+            GROUP BY minute) m \
+         ON c.minute = m.minute AND c.n >= m.top",
+    ),
+    (
         "hopping",
         "SELECT window_start, tenant, count(*) AS n, sum(value) AS total FROM \
          (SELECT unnest(hop(INTERVAL '2 minutes', INTERVAL '6 minutes', ts)) AS window_start, tenant, value FROM events) \
