@@ -43,7 +43,8 @@ pub fn check_hop(slide_ms: i64, size_ms: i64) -> Result<()> {
 pub fn hop_starts(ts: i64, slide_ms: i64, size_ms: i64) -> impl Iterator<Item = i64> {
     let last = bin(ts, slide_ms, 0);
     let first = bin(ts - size_ms + slide_ms, slide_ms, 0);
-    (0..).map(move |k| first + k * slide_ms).take_while(move |s| *s <= last)
+    // (a range of known length: a list collected from it is allocated once, at its size)
+    (0..(last - first) / slide_ms + 1).map(move |k| first + k * slide_ms)
 }
 
 /// `hop` as a DataFusion scalar function.
@@ -120,5 +121,15 @@ mod tests {
         let starts: Vec<i64> = hop_starts(119_999, 60_000, 60_000).collect();
         assert_eq!(starts, vec![60_000]);
         assert!(check_hop(60_000, 30_000).is_err());
+    }
+
+    #[test]
+    fn hopping_windows_are_every_slide_multiple_whose_window_holds_the_time() {
+        for (slide, size) in [(2, 10), (3, 7), (5, 5), (4, 9)] {
+            for ts in -25i64..25 {
+                let expected: Vec<i64> = (-40i64..40).filter(|s| s.rem_euclid(slide) == 0 && *s <= ts && ts < s + size).collect();
+                assert_eq!(hop_starts(ts, slide, size).collect::<Vec<_>>(), expected, "ts {ts}, slide {slide}, size {size}");
+            }
+        }
     }
 }
