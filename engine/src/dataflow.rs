@@ -632,18 +632,24 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewSt
 
 /// Consolidates an epoch's changes: sums the counts of equal rows and drops those that
 /// cancel. Usually no row repeats (an aggregate's changed groups differ, so do events),
-/// which 64-bit hashes, sorted, show without comparing a single row; rows are sorted only
-/// when two hashes are equal.
+/// which 64-bit hashes, sorted, show without comparing a single row; only rows whose
+/// hashes are equal are compared, and merged where they are equal too.
 fn consolidate(changes: &mut Vec<(Row, isize)>) {
     use std::hash::BuildHasher;
     let hasher = foldhash::fast::FixedState::with_seed(0);
-    let mut hashes: Vec<u64> = changes.iter().map(|(row, _)| hasher.hash_one(row)).collect();
+    let mut hashes: Vec<(u64, usize)> = changes.iter().enumerate().map(|(i, (row, _))| (hasher.hash_one(row), i)).collect();
     hashes.sort_unstable();
-    if hashes.windows(2).any(|w| w[0] == w[1]) {
-        differential_dataflow::consolidation::consolidate(changes);
-    } else {
-        changes.retain(|(_, diff)| *diff != 0);
+    for run in hashes.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+        for (n, &(_, i)) in run.iter().enumerate() {
+            for &(_, j) in &run[n + 1..] {
+                if changes[j].1 != 0 && changes[i].0 == changes[j].0 {
+                    let diff = std::mem::take(&mut changes[j].1);
+                    changes[i].1 += diff;
+                }
+            }
+        }
     }
+    changes.retain(|(_, diff)| *diff != 0);
 }
 
 /// The epoch every view has published: detector output is complete through it.
@@ -797,4 +803,18 @@ fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
         }
     }
     Some(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consolidating_sums_equal_rows_and_drops_what_cancels() {
+        let row = |v: i64| vec![Value::Int(v)];
+        let mut changes = vec![(row(1), 1), (row(2), 1), (row(1), 2), (row(3), -1), (row(2), -1), (row(1), -1), (row(4), 0), (row(3), 1), (row(5), 2)];
+        consolidate(&mut changes);
+        changes.sort();
+        assert_eq!(changes, vec![(row(1), 2), (row(5), 2)]);
+    }
 }
