@@ -208,6 +208,9 @@ impl RetainedStream {
 struct ViewInput {
     /// Index of the stream.
     stream: usize,
+    /// The filters and maps the plan applies to the stream's rows first, applied to each
+    /// event as it is taken in (before any copy; see [`hoist`]).
+    steps: Vec<RowStep>,
     session: InputSession<Epoch, Row, isize>,
     /// Events of the stream with a time below this have been retracted from the view.
     expired_before: i64,
@@ -466,7 +469,10 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
             v.inputs[i].session.advance_to(epoch);
             for e in &batch.events {
                 if v.admits(&v.inputs[i], e.ts, e.late_by) {
-                    v.inputs[i].session.update(e.row.clone(), e.weight);
+                    let input = &mut v.inputs[i];
+                    if let Some(row) = prepare(&input.steps, &e.row) {
+                        input.session.update(row, e.weight);
+                    }
                 }
             }
         }
@@ -494,8 +500,10 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
             let cutoff = watermark.saturating_sub(retention);
             if cutoff > input.expired_before {
                 for kept in stream.between(input.expired_before, cutoff) {
-                    if kept.late_by <= lateness {
-                        input.session.update(kept.row.clone(), -kept.weight);
+                    if kept.late_by <= lateness
+                        && let Some(row) = prepare(&input.steps, &kept.row)
+                    {
+                        input.session.update(row, -kept.weight);
                     }
                 }
                 input.expired_before = cutoff;
@@ -533,9 +541,10 @@ fn create_view(
     let output = Rc::new(RefCell::new(Vec::new()));
     let sink = output.clone();
     let dataflow = worker.next_dataflow_index();
-    let root = plan.root.clone();
     let consolidated = plan.root.changes_are_consolidated();
     let count = sources.len();
+    let mut steps = vec![Vec::new(); count];
+    let root = hoist(&plan.root, &scans(&plan.root, count), &mut steps);
     let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
         let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();
         let mut changes = build(&root, &collections, scope, &mut Vec::new());
@@ -556,10 +565,11 @@ fn create_view(
     let inputs = sources
         .into_iter()
         .zip(sessions)
-        .map(|(stream, session)| {
+        .zip(steps)
+        .map(|((stream, session), steps)| {
             let watermark = retained[stream].watermark;
             let expired_before = if watermark == i64::MIN { i64::MIN } else { watermark.saturating_sub(time.retention_ms) };
-            ViewInput { stream, session, expired_before }
+            ViewInput { stream, steps, session, expired_before }
         })
         .collect();
     let mut view = ViewRuntime { name: plan.name, time, inputs, probe, output, consolidated, dataflow, published: 0, created: None, seeded_below: frontier };
@@ -568,7 +578,10 @@ fn create_view(
         let source = &retained[view.inputs[i].stream];
         for kept in source.since(view.inputs[i].expired_before) {
             if view.admits(&view.inputs[i], kept.ts, kept.late_by) {
-                view.inputs[i].session.update(kept.row.clone(), kept.weight);
+                let input = &mut view.inputs[i];
+                if let Some(row) = prepare(&input.steps, &kept.row) {
+                    input.session.update(row, kept.weight);
+                }
             }
         }
         view.inputs[i].session.advance_to(frontier);
@@ -791,6 +804,91 @@ enum RowStep {
     Filter(Scalar),
 }
 
+/// How many times the plan reads each of its sources.
+fn scans(node: &Node, count: usize) -> Vec<usize> {
+    fn walk(node: &Node, counts: &mut [usize]) {
+        match node {
+            Node::Scan { source } => counts[*source] += 1,
+            Node::Map { input, .. } | Node::Filter { input, .. } | Node::Aggregate { input, .. } | Node::Distinct { input } | Node::Unnest { input, .. } => walk(input, counts),
+            Node::Join { left, right, .. } => {
+                walk(left, counts);
+                walk(right, counts);
+            }
+        }
+    }
+    let mut counts = vec![0; count];
+    walk(node, &mut counts);
+    counts
+}
+
+/// The plan with each chain of maps and filters directly over a source the plan reads
+/// once taken out, into `steps` (per source, in the order they apply): the view's input
+/// applies them to each event as it takes it in, so that a filtered-out event is never
+/// copied and a projected one is copied only in part.
+fn hoist(node: &Node, scans: &[usize], steps: &mut [Vec<RowStep>]) -> Node {
+    match node {
+        Node::Map { .. } | Node::Filter { .. } => {
+            let mut chain = Vec::new();
+            let mut base = node;
+            loop {
+                match base {
+                    Node::Map { input, exprs } => {
+                        chain.push(RowStep::Map(exprs.clone()));
+                        base = input;
+                    }
+                    Node::Filter { input, predicate } => {
+                        chain.push(RowStep::Filter(predicate.clone()));
+                        base = input;
+                    }
+                    _ => break,
+                }
+            }
+            match base {
+                Node::Scan { source } if scans[*source] == 1 => {
+                    chain.reverse();
+                    steps[*source] = chain;
+                    Node::Scan { source: *source }
+                }
+                Node::Scan { .. } => node.clone(),
+                _ => match node {
+                    Node::Map { input, exprs } => Node::Map { input: Box::new(hoist(input, scans, steps)), exprs: exprs.clone() },
+                    Node::Filter { input, predicate } => Node::Filter { input: Box::new(hoist(input, scans, steps)), predicate: predicate.clone() },
+                    _ => unreachable!("a map or a filter"),
+                },
+            }
+        }
+        Node::Scan { .. } => node.clone(),
+        Node::Aggregate { input, keys, aggregates } => Node::Aggregate { input: Box::new(hoist(input, scans, steps)), keys: keys.clone(), aggregates: aggregates.clone() },
+        Node::Distinct { input } => Node::Distinct { input: Box::new(hoist(input, scans, steps)) },
+        Node::Unnest { input, column, preserve_nulls } => Node::Unnest { input: Box::new(hoist(input, scans, steps)), column: *column, preserve_nulls: *preserve_nulls },
+        Node::Join { left, right, left_keys, right_keys, residual } => Node::Join {
+            left: Box::new(hoist(left, scans, steps)),
+            right: Box::new(hoist(right, scans, steps)),
+            left_keys: left_keys.clone(),
+            right_keys: right_keys.clone(),
+            residual: residual.clone(),
+        },
+    }
+}
+
+/// A stream's row as a view's input takes it: through the hoisted steps (no copy of an
+/// event a filter drops; a map's output is the only copy).
+fn prepare(steps: &[RowStep], row: &Row) -> Option<Row> {
+    let mut owned: Option<Row> = None;
+    for step in steps {
+        let current = owned.as_ref().unwrap_or(row);
+        match step {
+            RowStep::Map(exprs) => owned = Some(eval_all(exprs, current)),
+            RowStep::Filter(p) => {
+                if !p.passes(current) {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(owned.unwrap_or_else(|| row.clone()))
+}
+
 fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
     for step in steps {
         match step {
@@ -816,5 +914,29 @@ mod tests {
         consolidate(&mut changes);
         changes.sort();
         assert_eq!(changes, vec![(row(1), 2), (row(5), 2)]);
+    }
+
+    #[test]
+    fn maps_and_filters_over_a_source_read_once_move_into_the_input() {
+        let keep_positive = Scalar::Binary(Box::new(Scalar::Column(0)), crate::expr::BinOp::Gt, Box::new(Scalar::Literal(Value::Int(0))));
+        let filtered = |source| Node::Filter { input: Box::new(Node::Scan { source }), predicate: keep_positive.clone() };
+        let projected = |source| Node::Map { input: Box::new(filtered(source)), exprs: vec![Scalar::Column(1)] };
+        // read once: the whole chain moves into the input, in the order it applies
+        let mut steps = vec![Vec::new()];
+        assert_eq!(hoist(&projected(0), &scans(&projected(0), 1), &mut steps), Node::Scan { source: 0 });
+        assert_eq!(steps[0].len(), 2);
+        assert_eq!(prepare(&steps[0], &vec![Value::Int(3), Value::str("a")]), Some(vec![Value::str("a")]));
+        assert_eq!(prepare(&steps[0], &vec![Value::Int(-3), Value::str("a")]), None);
+        // read twice (a self-join): the plan stays as it is
+        let join = Node::Join { left: Box::new(projected(0)), right: Box::new(filtered(0)), left_keys: vec![Scalar::Column(0)], right_keys: vec![Scalar::Column(1)], residual: None };
+        let mut steps = vec![Vec::new()];
+        assert_eq!(hoist(&join, &scans(&join, 1), &mut steps), join);
+        assert!(steps[0].is_empty());
+        // over two sources, each read once, under an aggregate: both chains move
+        let join = Node::Join { left: Box::new(projected(0)), right: Box::new(filtered(1)), left_keys: vec![Scalar::Column(0)], right_keys: vec![Scalar::Column(1)], residual: None };
+        let mut steps = vec![Vec::new(), Vec::new()];
+        let hoisted = hoist(&join, &scans(&join, 2), &mut steps);
+        assert!(matches!(hoisted, Node::Join { left, right, .. } if *left == Node::Scan { source: 0 } && *right == Node::Scan { source: 1 }));
+        assert_eq!((steps[0].len(), steps[1].len()), (2, 1));
     }
 }
