@@ -420,6 +420,13 @@ mod tests {
         values.iter().map(|v| Value::Int(*v)).collect()
     }
 
+    /// `count(*), max(value)` over values of one column.
+    fn count_and_max() -> Vec<(Aggregate, Slot)> {
+        let count = Aggregate { func: AggFunc::Count, arg: Scalar::Literal(Value::Int(1)), distinct: false, filter: None, output: DataType::Int };
+        let max = Aggregate { func: AggFunc::Max, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
+        vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))]
+    }
+
     #[test]
     fn merging_keeps_the_multiset_sorted_and_drops_what_cancels() {
         let values = vec![(row(&[1]), 2), (row(&[3]), 1), (row(&[5]), 1)];
@@ -454,9 +461,7 @@ mod tests {
         // a few keys, each receiving many updates per epoch (so that groups cross from
         // changing in place to merging within an epoch), some retracted in later epochs;
         // after every epoch the emitted rows add up to count and max recomputed from scratch
-        let count = Aggregate { func: AggFunc::Count, arg: Scalar::Literal(Value::Int(1)), distinct: false, filter: None, output: DataType::Int };
-        let max = Aggregate { func: AggFunc::Max, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
-        let aggregates = vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))];
+        let aggregates = count_and_max();
         let mut groups = Groups::new(Some(1));
         let mut view: std::collections::BTreeMap<Row, isize> = Default::default();
         let mut all: std::collections::BTreeMap<(i64, i64), isize> = Default::default();
@@ -494,9 +499,7 @@ mod tests {
         use std::rc::Rc;
         use differential_dataflow::input::Input;
         use timely::dataflow::operators::{Inspect, Probe};
-        let count = Aggregate { func: AggFunc::Count, arg: Scalar::Literal(Value::Int(1)), distinct: false, filter: None, output: DataType::Int };
-        let max = Aggregate { func: AggFunc::Max, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
-        let aggregates = vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))];
+        let aggregates = count_and_max();
         // (epoch, key, value, diff): several epochs go into the session before it is flushed,
         // as the dataflow worker does with queued batches, so containers mix epochs
         let updates: Vec<(Epoch, i64, i64, isize)> = vec![(1, 1, 5, 1), (1, 2, 7, 1), (2, 1, 9, 1), (2, 1, 5, -1), (3, 2, 7, -1), (3, 2, 3, 1), (4, 1, 9, -1)];
@@ -539,9 +542,7 @@ mod tests {
 
     #[test]
     fn a_group_emits_its_old_row_and_its_new_one_and_leaves_when_emptied() {
-        let count = Aggregate { func: AggFunc::Count, arg: Scalar::Literal(Value::Int(1)), distinct: false, filter: None, output: DataType::Int };
-        let max = Aggregate { func: AggFunc::Max, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
-        let aggregates = vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))];
+        let aggregates = count_and_max();
         let mut groups = Groups::new(Some(1));
         let mut out = Vec::new();
         let k = || row(&[7]);

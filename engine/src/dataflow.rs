@@ -703,22 +703,7 @@ fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
         Node::Scan { source } => sources[*source].clone(),
         Node::Map { .. } | Node::Filter { .. } => {
             // fuse a chain of maps and filters into one operator
-            let mut steps = Vec::new();
-            let mut base = node;
-            loop {
-                match base {
-                    Node::Map { input, exprs } => {
-                        steps.push(RowStep::Map(exprs.clone()));
-                        base = input;
-                    }
-                    Node::Filter { input, predicate } => {
-                        steps.push(RowStep::Filter(predicate.clone()));
-                        base = input;
-                    }
-                    _ => break,
-                }
-            }
-            steps.reverse();
+            let (steps, base) = chain(node);
             build(base, sources, scope, built).flat_map(move |row| apply_steps(&steps, row))
         }
         // a group per distinct row, with no aggregates
@@ -804,6 +789,23 @@ enum RowStep {
     Filter(Scalar),
 }
 
+/// The maps and filters from `node` down, in the order they apply, and the node below them.
+fn chain(node: &Node) -> (Vec<RowStep>, &Node) {
+    let mut steps = Vec::new();
+    let mut base = node;
+    loop {
+        let (step, input) = match base {
+            Node::Map { input, exprs } => (RowStep::Map(exprs.clone()), input),
+            Node::Filter { input, predicate } => (RowStep::Filter(predicate.clone()), input),
+            _ => break,
+        };
+        steps.push(step);
+        base = input;
+    }
+    steps.reverse();
+    (steps, base)
+}
+
 /// How many times the plan reads each of its sources.
 fn scans(node: &Node, count: usize) -> Vec<usize> {
     fn walk(node: &Node, counts: &mut [usize]) {
@@ -828,24 +830,9 @@ fn scans(node: &Node, count: usize) -> Vec<usize> {
 fn hoist(node: &Node, scans: &[usize], steps: &mut [Vec<RowStep>]) -> Node {
     match node {
         Node::Map { .. } | Node::Filter { .. } => {
-            let mut chain = Vec::new();
-            let mut base = node;
-            loop {
-                match base {
-                    Node::Map { input, exprs } => {
-                        chain.push(RowStep::Map(exprs.clone()));
-                        base = input;
-                    }
-                    Node::Filter { input, predicate } => {
-                        chain.push(RowStep::Filter(predicate.clone()));
-                        base = input;
-                    }
-                    _ => break,
-                }
-            }
+            let (chain, base) = chain(node);
             match base {
                 Node::Scan { source } if scans[*source] == 1 => {
-                    chain.reverse();
                     steps[*source] = chain;
                     Node::Scan { source: *source }
                 }
