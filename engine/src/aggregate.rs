@@ -182,7 +182,7 @@ where
                     }
                     for update in updates.drain(..) {
                         let t = update.1;
-                        let (_, containers) = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), vec![Vec::new()]));
+                        let (_, containers) = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
                         match containers.last_mut() {
                             Some(last) => last.push(update),
                             None => containers.push(vec![update]),
@@ -233,14 +233,9 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
     if !deferred.is_empty() {
         // sorted by position and value: each group's changes come out sorted and consolidated
         differential_dataflow::consolidation::consolidate(&mut deferred);
-        let mut rest = deferred.as_mut_slice();
-        while !rest.is_empty() {
-            let i = rest[0].0 .0;
-            let run = rest.iter().position(|((j, _), _)| *j != i).unwrap_or(rest.len());
-            let (these, after) = rest.split_at_mut(run);
-            rest = after;
-            let values = &mut groups.slab[i].values;
-            *values = merge(std::mem::take(values), these.iter_mut().map(|((_, v), d)| (std::mem::take(v), *d)));
+        for run in deferred.chunk_by_mut(|((i, _), _), ((j, _), _)| i == j) {
+            let values = &mut groups.slab[run[0].0 .0].values;
+            *values = merge(std::mem::take(values), run.iter_mut().map(|((_, v), d)| (std::mem::take(v), *d)));
         }
     }
     for (i, was_empty) in touched {

@@ -737,9 +737,7 @@ fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
                     _ => Arc::from([]),
                 };
                 // a copy of the row per item but the last, which takes the row itself
-                let mut row = Some(row);
-                (0..items.len()).map(move |i| {
-                    let mut out = if i + 1 == items.len() { row.take() } else { row.clone() }.expect("the row is there until the last item");
+                std::iter::repeat_n(row, items.len()).enumerate().map(move |(i, mut out)| {
                     out[column] = items[i].clone();
                     out
                 })
