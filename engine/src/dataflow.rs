@@ -51,7 +51,7 @@ use crate::error::{Error, Result};
 use crate::expr::{eval_all, Scalar};
 use crate::plan::{AggFunc, Aggregate, Node, ViewPlan};
 use crate::schema::Stream;
-use crate::store::ViewStore;
+use crate::store::{LiveView, ViewStore};
 use crate::time::Epoch;
 use crate::value::{Row, Value};
 
@@ -218,6 +218,8 @@ struct ViewInput {
 
 struct ViewRuntime {
     name: String,
+    /// Where its changes go (the store's entry, made by the engine before the view).
+    live: Option<Arc<LiveView>>,
     time: ViewTime,
     /// One input per stream the view reads, in `ViewPlan::streams` order.
     inputs: Vec<ViewInput>,
@@ -242,6 +244,94 @@ impl ViewRuntime {
     /// The time every input has been advanced to (they move together).
     fn time(&self) -> &Epoch {
         self.inputs[0].session.time()
+    }
+}
+
+/// What the leader hands the store's writer: applied in the order sent.
+enum Write {
+    /// One epoch's changes to a view.
+    Publish(Arc<LiveView>, Epoch, Vec<(Row, isize)>),
+    /// Detector output, consolidated, to `anomalies` as of this epoch (or its own, if later).
+    Anomalies(Epoch, Vec<(Row, isize)>),
+    /// Runs once everything sent before is in the store (replies, captures).
+    Then(Box<dyn FnOnce() + Send>),
+}
+
+/// The thread that applies the leader's changes to the view store, so that the view
+/// store's work (its persistent map, the history, waking subscribers, dropping old
+/// rows) runs beside the dataflow instead of between its steps. Writes are applied in
+/// order; a bounded queue makes the dataflow wait if the store falls behind.
+struct Writer {
+    queue: Option<mpsc::SyncSender<Write>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The latest epoch sent to `anomalies` (an epoch that changes nothing is sent once).
+    anomalies_through: std::cell::Cell<Epoch>,
+}
+
+/// Epochs of changes queued for the store's writer at most.
+const WRITER_QUEUE: usize = 256;
+
+impl Writer {
+    fn start(store: Arc<ViewStore>) -> Writer {
+        let (queue, writes) = mpsc::sync_channel::<Write>(WRITER_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("weir-store".into())
+            .spawn(move || {
+                for write in writes {
+                    match write {
+                        Write::Publish(view, epoch, changes) => view.publish_changes(epoch, changes),
+                        Write::Anomalies(epoch, changes) => {
+                            if let Some(view) = store.get(crate::detect::ANOMALIES) {
+                                view.publish_changes(epoch.max(view.epoch()), changes);
+                            }
+                        }
+                        Write::Then(then) => then(),
+                    }
+                }
+            })
+            .map_err(|e| tracing::error!(error = %e, "the view store's writer did not start; the dataflow writes to the store itself"))
+            .ok();
+        Writer { queue: thread.is_some().then_some(queue), thread, anomalies_through: std::cell::Cell::new(0) }
+    }
+
+    fn send(&self, write: Write) {
+        let write = match &self.queue {
+            // (the writer is gone only if it panicked: write here rather than lose it)
+            Some(queue) => match queue.send(write) {
+                Ok(()) => return,
+                Err(mpsc::SendError(write)) => write,
+            },
+            None => write,
+        };
+        match write {
+            Write::Publish(view, epoch, changes) => view.publish_changes(epoch, changes),
+            Write::Anomalies(..) => tracing::error!("the view store's writer is gone: detector output dropped"),
+            Write::Then(then) => then(),
+        }
+    }
+
+    /// Runs `then` once everything sent before is in the store.
+    fn then(&self, then: impl FnOnce() + Send + 'static) {
+        self.send(Write::Then(Box::new(then)));
+    }
+
+    /// Waits until everything sent before is in the store.
+    fn sync(&self) {
+        let (done, wait) = mpsc::channel();
+        self.then(move || {
+            let _ = done.send(());
+        });
+        let _ = wait.recv();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // the writer applies what is queued, then stops
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -349,6 +439,8 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
     // the epoch every input has been advanced to: all epochs below it are closed
     let mut frontier: Epoch = start_epoch + 1;
     let mut last_epoch: Epoch = start_epoch;
+    // only the leader writes to the store
+    let writer = Writer::start(store.clone());
 
     loop {
         let busy = views.iter().any(|v| v.probe.less_than(v.time()));
@@ -373,7 +465,7 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
                         input.session.advance_to(frontier);
                     }
                 }
-                Command::CreateView { plan, time, reply } => match create_view(worker, streams, &retained, &mut views, plan, time, frontier) {
+                Command::CreateView { plan, time, reply } => match create_view(worker, streams, store, &retained, &mut views, plan, time, frontier) {
                     // answered once the view holds its initial contents (see `publish`)
                     Ok(()) => views.last_mut().expect("the view just created").created = Some(reply),
                     Err(e) => {
@@ -386,33 +478,42 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
                     } else {
                         let mut d = Detector::new(*detector);
                         // seed it with the view as published so far; later changes follow
+                        writer.sync();
                         if let Some(view) = store.get(d.view()) {
                             let rows: Vec<(Row, isize)> = view.snapshot().1.into_iter().map(|r| (r, 1)).collect();
                             d.apply(&rows, crate::time::now_ms());
-                            publish_anomalies(store, complete_through(&views, last_epoch), d.close(None));
+                            publish_anomalies(&writer, complete_through(&views, last_epoch), d.close(None));
                         }
                         detectors.push(d);
                         Ok(())
                     };
-                    let _ = reply.send(result);
+                    writer.then(move || {
+                        let _ = reply.send(result);
+                    });
                 }
                 Command::DropDetector { name, reply } => {
                     let result = match detectors.iter().position(|d| d.name() == name) {
                         Some(i) => {
                             let d = detectors.swap_remove(i);
-                            publish_anomalies(store, complete_through(&views, last_epoch), d.rows().into_iter().map(|r| (r, -1)).collect());
+                            publish_anomalies(&writer, complete_through(&views, last_epoch), d.rows().into_iter().map(|r| (r, -1)).collect());
                             Ok(())
                         }
                         None => Err(Error::NotFound(format!("no detector named {name}"))),
                     };
-                    let _ = reply.send(result);
+                    writer.then(move || {
+                        let _ = reply.send(result);
+                    });
                 }
                 Command::Capture { reply } => {
                     let epoch = complete_through(&views, last_epoch);
-                    // built-in views outside the dataflow (quota_usage, anomalies) come as they are
-                    let views = store.list().into_iter().filter_map(|view| view.copy_at(epoch).map(|rows| (view.info.clone(), rows))).collect();
                     let watermarks = streams.iter().zip(&retained).filter(|(_, r)| r.watermark != i64::MIN).map(|(s, r)| (s.name.clone(), r.watermark)).collect();
-                    let _ = reply.send(Copies { epoch, views, watermarks });
+                    // (once the store holds every epoch through `epoch`)
+                    let store = store.clone();
+                    writer.then(move || {
+                        // built-in views outside the dataflow (quota_usage, anomalies) come as they are
+                        let views = store.list().into_iter().filter_map(|view| view.copy_at(epoch).map(|rows| (view.info.clone(), rows))).collect();
+                        let _ = reply.send(Copies { epoch, views, watermarks });
+                    });
                 }
                 Command::DropView { name, reply } => {
                     let result = match views.iter().position(|v| v.name == name) {
@@ -423,7 +524,9 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
                         }
                         None => Err(Error::NotFound(format!("no view named {name}"))),
                     };
-                    let _ = reply.send(result);
+                    writer.then(move || {
+                        let _ = reply.send(result);
+                    });
                 }
                 Command::Shutdown => stop = true,
             }
@@ -447,13 +550,13 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
         if !leader {
             continue;
         }
-        publish(&mut views, &mut detectors, store, last_epoch);
+        publish(&mut views, &mut detectors, &writer, last_epoch);
         // a view whose every series went quiet still closes windows, by the clock
         let now = crate::time::now_ms();
         if !detectors.is_empty() && now - clock_closed_at >= 1000 {
             clock_closed_at = now;
             let changes = detectors.iter_mut().flat_map(|d| d.close(Some(now))).collect();
-            publish_anomalies(store, complete_through(&views, last_epoch), changes);
+            publish_anomalies(&writer, complete_through(&views, last_epoch), changes);
         }
     }
 }
@@ -524,6 +627,7 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
 fn create_view(
     worker: &mut timely::worker::Worker,
     streams: &[Stream],
+    store: &ViewStore,
     retained: &[RetainedStream],
     views: &mut Vec<ViewRuntime>,
     plan: ViewPlan,
@@ -572,7 +676,8 @@ fn create_view(
             ViewInput { stream, steps, session, expired_before }
         })
         .collect();
-    let mut view = ViewRuntime { name: plan.name, time, inputs, probe, output, consolidated, dataflow, published: 0, created: None, seeded_below: frontier };
+    let live = store.get(&plan.name);
+    let mut view = ViewRuntime { name: plan.name, live, time, inputs, probe, output, consolidated, dataflow, published: 0, created: None, seeded_below: frontier };
     for i in 0..view.inputs.len() {
         view.inputs[i].session.advance_to(frontier - 1);
         let source = &retained[view.inputs[i].stream];
@@ -592,7 +697,7 @@ fn create_view(
 }
 
 /// Hands every view's changes of completed epochs to the store.
-fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewStore, last_epoch: Epoch) {
+fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Writer, last_epoch: Epoch) {
     let mut anomalies = Vec::new();
     let mut created_views = Vec::new();
     for v in views.iter_mut() {
@@ -630,16 +735,25 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], store: &ViewSt
                 d.apply(&changes, now);
                 anomalies.extend(d.close(None));
             }
-            store.publish(&v.name, epoch, changes);
+            if let Some(live) = &v.live {
+                writer.send(Write::Publish(live.clone(), epoch, changes));
+            }
         }
         if through > v.published {
-            store.publish(&v.name, through, Vec::new());
+            if let Some(live) = &v.live {
+                writer.send(Write::Publish(live.clone(), through, Vec::new()));
+            }
             v.published = through;
         }
     }
-    publish_anomalies(store, complete_through(views, last_epoch), anomalies);
-    for created in created_views {
-        let _ = created.send(Ok(()));
+    publish_anomalies(writer, complete_through(views, last_epoch), anomalies);
+    if !created_views.is_empty() {
+        // (once their initial contents are in the store)
+        writer.then(move || {
+            for created in created_views {
+                let _ = created.send(Ok(()));
+            }
+        });
     }
 }
 
@@ -671,10 +785,13 @@ fn complete_through(views: &[ViewRuntime], last_epoch: Epoch) -> Epoch {
 }
 
 /// Publishes detector output to `anomalies`, as of `epoch` (or its current epoch, if later).
-fn publish_anomalies(store: &ViewStore, epoch: Epoch, mut changes: Vec<(Row, isize)>) {
-    let Some(view) = store.get(crate::detect::ANOMALIES) else { return };
+fn publish_anomalies(writer: &Writer, epoch: Epoch, mut changes: Vec<(Row, isize)>) {
+    if changes.is_empty() && epoch <= writer.anomalies_through.get() {
+        return;
+    }
+    writer.anomalies_through.set(writer.anomalies_through.get().max(epoch));
     consolidate(&mut changes);
-    view.publish_changes(epoch.max(view.epoch()), changes);
+    writer.send(Write::Anomalies(epoch, changes));
 }
 
 type Rows<'s> = VecCollection<'s, Epoch, Row, isize>;
