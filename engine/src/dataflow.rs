@@ -262,6 +262,7 @@ enum Write {
 /// rows) runs beside the dataflow instead of between its steps. Writes are applied in
 /// order; a bounded queue makes the dataflow wait if the store falls behind.
 struct Writer {
+    store: Arc<ViewStore>,
     queue: Option<mpsc::SyncSender<Write>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The latest epoch sent to `anomalies` (an epoch that changes nothing is sent once).
@@ -272,41 +273,32 @@ struct Writer {
 const WRITER_QUEUE: usize = 256;
 
 impl Writer {
-    fn start(store: Arc<ViewStore>) -> Writer {
+    /// A writer with a thread (`threaded`: the leader's), or one that writes in the
+    /// caller's thread (the other workers never write).
+    fn start(store: Arc<ViewStore>, threaded: bool) -> Writer {
         let (queue, writes) = mpsc::sync_channel::<Write>(WRITER_QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("weir-store".into())
-            .spawn(move || {
-                for write in writes {
-                    match write {
-                        Write::Publish(view, epoch, changes) => view.publish_changes(epoch, changes),
-                        Write::Anomalies(epoch, changes) => {
-                            if let Some(view) = store.get(crate::detect::ANOMALIES) {
-                                view.publish_changes(epoch.max(view.epoch()), changes);
-                            }
-                        }
-                        Write::Then(then) => then(),
-                    }
-                }
+        let on_thread = store.clone();
+        let thread = threaded
+            .then(|| {
+                std::thread::Builder::new()
+                    .name("weir-store".into())
+                    .spawn(move || writes.into_iter().for_each(|write| apply(&on_thread, write)))
+                    .map_err(|e| tracing::error!(error = %e, "the view store's writer did not start; the dataflow writes to the store itself"))
+                    .ok()
             })
-            .map_err(|e| tracing::error!(error = %e, "the view store's writer did not start; the dataflow writes to the store itself"))
-            .ok();
-        Writer { queue: thread.is_some().then_some(queue), thread, anomalies_through: std::cell::Cell::new(0) }
+            .flatten();
+        Writer { store, queue: thread.is_some().then_some(queue), thread, anomalies_through: std::cell::Cell::new(0) }
     }
 
     fn send(&self, write: Write) {
-        let write = match &self.queue {
+        match &self.queue {
             // (the writer is gone only if it panicked: write here rather than lose it)
-            Some(queue) => match queue.send(write) {
-                Ok(()) => return,
-                Err(mpsc::SendError(write)) => write,
-            },
-            None => write,
-        };
-        match write {
-            Write::Publish(view, epoch, changes) => view.publish_changes(epoch, changes),
-            Write::Anomalies(..) => tracing::error!("the view store's writer is gone: detector output dropped"),
-            Write::Then(then) => then(),
+            Some(queue) => {
+                if let Err(mpsc::SendError(write)) = queue.send(write) {
+                    apply(&self.store, write);
+                }
+            }
+            None => apply(&self.store, write),
         }
     }
 
@@ -322,6 +314,19 @@ impl Writer {
             let _ = done.send(());
         });
         let _ = wait.recv();
+    }
+}
+
+/// Applies one write to the store.
+fn apply(store: &ViewStore, write: Write) {
+    match write {
+        Write::Publish(view, epoch, changes) => view.publish_changes(epoch, changes),
+        Write::Anomalies(epoch, changes) => {
+            if let Some(view) = store.get(crate::detect::ANOMALIES) {
+                view.publish_changes(epoch.max(view.epoch()), changes);
+            }
+        }
+        Write::Then(then) => then(),
     }
 }
 
@@ -440,7 +445,7 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
     let mut frontier: Epoch = start_epoch + 1;
     let mut last_epoch: Epoch = start_epoch;
     // only the leader writes to the store
-    let writer = Writer::start(store.clone());
+    let writer = Writer::start(store.clone(), leader);
 
     loop {
         let busy = views.iter().any(|v| v.probe.less_than(v.time()));
