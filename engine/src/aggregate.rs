@@ -3,11 +3,17 @@
 //! epoch changes it.
 //!
 //! ```text
-//!   (key, values) updates ──exchange by key──▶ Aggregate ──(key ++ aggregates) changes──▶
-//!                                              per group: its row (key, then the
-//!                                              aggregates last emitted) and the
-//!                                              sorted multiset of its values
+//!   rows key ++ inputs ──exchange by key──▶ Aggregate ──(key ++ aggregates) changes──▶
+//!                                            per group: its row (key, then the
+//!                                            aggregates last emitted) and the
+//!                                            sorted multiset of its inputs, flat
 //! ```
+//!
+//! The operator's input rows are the group key's values followed by one value per
+//! distinct aggregate input ([`inputs`]): the map that builds them from an event runs
+//! before the operator (in the view's input, where it can: see `dataflow::keyed`), so
+//! that one row carries each event here and the operator moves its values into the
+//! group rather than copying them.
 //!
 //! Epochs are totally ordered and an epoch's output depends only on the updates through
 //! it, so the operator buffers updates by epoch and, once the input frontier has passed
@@ -19,10 +25,10 @@
 //! merged in the background with a history per key) that a partially ordered time needs:
 //! see docs/architecture.md.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
-use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
@@ -35,9 +41,9 @@ use crate::time::Epoch;
 use crate::value::{Row, Value};
 
 /// Where an aggregate finds its input value for each event.
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Slot {
-    /// At this position of the event's values.
+    /// At this position of the event's inputs (after its key).
     Column(usize),
     /// The same for every event (e.g. the 1 of `count(*)`).
     Constant(Value),
@@ -66,11 +72,14 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
 }
 
 /// One group: its row (its key, then the aggregates last emitted for it: none before
-/// the first) and its input values (sorted, consolidated, no zero counts).
+/// the first) and the sorted multiset of its inputs, flat: each entry is `width`
+/// consecutive values of `values` (the operator's width) and its count in `counts`,
+/// never zero. (One allocation for all of a group's inputs, not one per input.)
 #[derive(Default)]
 struct Group {
     row: Row,
-    values: Vec<(Row, isize)>,
+    values: Vec<Value>,
+    counts: Vec<isize>,
 }
 
 /// The groups of one worker: a slab of groups and a hash table of slab positions by key
@@ -78,8 +87,10 @@ struct Group {
 /// hash beside its position, so growing the table does not hash the keys again).
 #[derive(Default)]
 struct Groups {
-    /// How many values of a group's row are its key (`None`: all of them, as in DISTINCT).
+    /// How many values of an input row are its key (`None`: all of them, as in DISTINCT).
     key_len: Option<usize>,
+    /// How many input values follow the key in each input row.
+    width: usize,
     table: hashbrown::HashTable<(u64, usize)>,
     slab: Vec<Group>,
     /// Beside the slab: whether the epoch being applied has touched the group yet.
@@ -91,28 +102,36 @@ struct Groups {
 }
 
 impl Groups {
-    fn new(key_len: Option<usize>) -> Groups {
-        Groups { key_len, ..Groups::default() }
+    fn new(key_len: Option<usize>, width: usize) -> Groups {
+        Groups { key_len, width, ..Groups::default() }
     }
 
     fn key_len(&self, row: &[Value]) -> usize {
         self.key_len.unwrap_or(row.len())
     }
 
-    /// The slab position of the key's group (made, empty, if there was none).
-    fn position(&mut self, key: Row) -> usize {
-        let k = self.key_len(&key);
-        let hash = self.hasher.hash_one(&key[..]);
-        let slab = &mut self.slab;
-        if let Some((_, i)) = self.table.find(hash, |(h, i)| *h == hash && slab[*i].row[..k] == key[..]) {
-            return *i;
-        }
+    /// The slab position of the key's group, if it has one.
+    fn find(&self, hash: u64, key: &[Value]) -> Option<usize> {
+        let k = key.len();
+        self.table.find(hash, |(h, i)| *h == hash && self.slab[*i].row[..k] == *key).map(|(_, i)| *i)
+    }
+
+    /// Makes a group of the update's row: its key stays as the group's row, its inputs
+    /// become the group's one entry (and any values after them are dropped).
+    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize) -> usize {
         let i = self.free.pop().unwrap_or_else(|| {
-            slab.push(Group::default());
+            self.slab.push(Group::default());
             self.touched.push(false);
-            slab.len() - 1
+            self.slab.len() - 1
         });
-        slab[i].row = key;
+        let group = &mut self.slab[i];
+        // (room for a second entry, as a vector's first push would leave: most groups get one)
+        group.values.reserve_exact(2 * self.width);
+        group.values.extend(row.drain(k..k + self.width));
+        group.counts.reserve_exact(2);
+        group.counts.push(diff);
+        row.truncate(k);
+        group.row = row;
         self.table.insert_unique(hash, (hash, i), |(h, _)| *h);
         i
     }
@@ -138,31 +157,37 @@ pub struct Grouping {
 impl Grouping {
     /// Groups of keys of `key_len` values, computing these aggregates.
     pub fn new(key_len: usize, aggregates: &[Aggregate]) -> Grouping {
-        let (_, slots) = inputs(aggregates);
-        Grouping { groups: Groups::new(Some(key_len)), aggregates: aggregates.iter().cloned().zip(slots).collect() }
+        let (inputs, slots) = inputs(aggregates);
+        Grouping { groups: Groups::new(Some(key_len), inputs.len()), aggregates: aggregates.iter().cloned().zip(slots).collect() }
     }
 
-    /// Applies one epoch's `(key, values)` updates (values as [`inputs`] lays them out);
-    /// `emit` gets each changed group's old row (-1) and new row (+1).
-    pub fn apply(&mut self, updates: Vec<((Row, Row), isize)>, emit: impl FnMut(Row, isize)) {
+    /// Applies one epoch's updates, rows `key ++ inputs` (inputs as [`inputs`] lays them
+    /// out); `emit` gets each changed group's old row (-1) and new row (+1).
+    pub fn apply(&mut self, updates: Vec<(Row, isize)>, emit: impl FnMut(Row, isize)) {
         apply(&mut self.groups, &self.aggregates, updates, emit)
     }
 }
 
-type Update = ((Row, Row), Epoch, isize);
+type Update = (Row, Epoch, isize);
 
-/// Groups `(key, values)` updates by key; each group becomes one row, `key ++ aggregates`.
-/// Every key must have `key_len` values (`None`: keys are whole rows, without aggregates).
-pub fn group<'s>(input: VecCollection<'s, Epoch, (Row, Row), isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize> {
+/// Groups rows `key ++ inputs` by their first `key_len` values (`None`: whole rows are
+/// keys, without aggregates); each group becomes one row, `key ++ aggregates`, the
+/// aggregates reading the inputs through their slots (`Column(i)`: the row's value at
+/// `key_len + i`; values after the last one a slot reads are ignored).
+pub fn group<'s>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize> {
+    let width = aggregates.iter().filter_map(|(_, slot)| if let Slot::Column(c) = slot { Some(c + 1) } else { None }).max().unwrap_or(0);
     if timely::dataflow::Scope::peers(&input.inner.scope()) > 1 {
-        let by_key = Exchange::new(|((key, _), _, _): &Update| key.hashed());
-        operator(input, by_key, key_len, aggregates)
+        // (seeded apart from the groups' table, whose hashes would otherwise all share
+        // the bits that chose the worker)
+        let hasher = foldhash::fast::FixedState::with_seed(0x5eed_0f_9a7e);
+        let by_key = Exchange::new(move |(row, _, _): &Update| hasher.hash_one(&row[..key_len.unwrap_or(row.len())]));
+        operator(input, by_key, key_len, width, aggregates)
     } else {
-        operator(input, Pipeline, key_len, aggregates)
+        operator(input, Pipeline, key_len, width, aggregates)
     }
 }
 
-fn operator<'s, P>(input: VecCollection<'s, Epoch, (Row, Row), isize>, pact: P, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize>
+fn operator<'s, P>(input: VecCollection<'s, Epoch, Row, isize>, pact: P, key_len: Option<usize>, width: usize, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize>
 where
     P: ParallelizationContract<Epoch, Vec<Update>>,
 {
@@ -171,7 +196,7 @@ where
         .unary_frontier::<CapacityContainerBuilder<Vec<(Row, Epoch, isize)>>, _, _, _>(pact, "Aggregate", move |_, _| {
             // each epoch's updates, in the containers they came in
             let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<Update>>)> = BTreeMap::new();
-            let mut groups = Groups::new(key_len);
+            let mut groups = Groups::new(key_len, width);
             move |(input, frontier), output| {
                 input.for_each(|cap, updates| {
                     let Some(t) = updates.first().map(|(_, t, _)| *t) else { return };
@@ -196,7 +221,7 @@ where
                     }
                     let (t, (cap, updates)) = entry.remove_entry();
                     let mut session = output.session(&cap);
-                    let updates = updates.into_iter().flatten().map(|(kv, _, diff)| (kv, diff));
+                    let updates = updates.into_iter().flatten().map(|(row, _, diff)| (row, diff));
                     apply(&mut groups, &aggregates, updates, |row, diff| session.give((row, t, diff)));
                 }
             }
@@ -204,38 +229,48 @@ where
         .as_collection()
 }
 
-/// A group with fewer values than this takes each change in place as it comes (a binary
+/// A group with fewer entries than this takes each change in place as it comes (a binary
 /// search and a short move); a larger one collects the epoch's changes and merges them
-/// into its values once. (64 measured 50% more CPU time than sorting every update on
+/// into its entries once. (64 measured 50% more CPU time than sorting every update on
 /// `engine-hop`, whose groups hold tens of values, though callgrind counted fewer
 /// instructions: each probe of a binary search is a row elsewhere in memory.)
 const IN_PLACE: usize = 8;
 
 /// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
-fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = ((Row, Row), isize)>, mut emit: impl FnMut(Row, isize)) {
+fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = (Row, isize)>, mut emit: impl FnMut(Row, isize)) {
     // the groups the epoch touches, in the order it first does, and whether each was empty
     let mut touched: Vec<(usize, bool)> = Vec::new();
-    // changes to large groups, merged below
-    let mut deferred: Vec<((usize, Row), isize)> = Vec::new();
-    for ((key, vals), diff) in updates {
-        let i = groups.position(key);
-        let values = &mut groups.slab[i].values;
+    // changes to large groups (whole rows: their inputs follow the key), merged below
+    let mut deferred: Vec<(usize, Row, isize)> = Vec::new();
+    let width = groups.width;
+    for (row, diff) in updates {
+        let k = groups.key_len(&row);
+        let hash = groups.hasher.hash_one(&row[..k]);
+        let Some(i) = groups.find(hash, &row[..k]) else {
+            let i = groups.insert(hash, row, k, diff);
+            groups.touched[i] = true;
+            touched.push((i, true));
+            continue;
+        };
         if !groups.touched[i] {
             groups.touched[i] = true;
-            touched.push((i, values.is_empty()));
+            touched.push((i, groups.slab[i].counts.is_empty()));
         }
-        if values.len() < IN_PLACE {
-            change(values, vals, diff);
+        let group = &mut groups.slab[i];
+        if group.counts.len() < IN_PLACE {
+            change(group, width, row, k, diff);
         } else {
-            deferred.push(((i, vals), diff));
+            deferred.push((i, row, diff));
         }
     }
     if !deferred.is_empty() {
-        // sorted by position and value: each group's changes come out sorted and consolidated
-        differential_dataflow::consolidation::consolidate(&mut deferred);
-        for run in deferred.chunk_by_mut(|((i, _), _), ((j, _), _)| i == j) {
-            let values = &mut groups.slab[run[0].0 .0].values;
-            *values = merge(std::mem::take(values), run.iter_mut().map(|((_, v), d)| (std::mem::take(v), *d)));
+        // by group, then by inputs: each group's changes come out sorted, then consolidated
+        // (without a key length, as in DISTINCT, there are no inputs: any empty slice will do)
+        let inputs = groups.key_len.map_or(0..0, |k| k..k + width);
+        deferred.sort_unstable_by(|(i, a, _), (j, b, _)| i.cmp(j).then_with(|| a[inputs.clone()].cmp(&b[inputs.clone()])));
+        for run in deferred.chunk_by(|(i, _, _), (j, _, _)| i == j) {
+            let group = &mut groups.slab[run[0].0];
+            merge(group, width, run.iter().map(|(_, row, diff)| (&row[inputs.clone()], *diff)));
         }
     }
     for (i, was_empty) in touched {
@@ -243,7 +278,7 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let k = groups.key_len;
         let group = &mut groups.slab[i];
         let k = k.unwrap_or(group.row.len());
-        if group.values.is_empty() {
+        if group.counts.is_empty() {
             // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
             if !was_empty {
@@ -253,7 +288,7 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         }
         let now = &mut groups.scratch;
         now.clear();
-        now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, &group.values)));
+        now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
         if was_empty {
             group.row.extend_from_slice(now);
             emit(group.row.clone(), 1);
@@ -266,66 +301,130 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
     }
 }
 
-/// Applies one change to a sorted multiset in place, dropping the value if it cancels.
-fn change(values: &mut Vec<(Row, isize)>, row: Row, diff: isize) {
-    match values.binary_search_by(|(v, _)| v.cmp(&row)) {
+/// The position of `inputs` among a group's sorted entries, or where it would go.
+fn search(values: &[Value], counts: &[isize], width: usize, inputs: &[Value]) -> Result<usize, usize> {
+    if width == 0 {
+        // (one entry at most: the empty one)
+        return if counts.is_empty() { Err(0) } else { Ok(0) };
+    }
+    let (mut lo, mut hi) = (0, counts.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match values[mid * width..(mid + 1) * width].cmp(inputs) {
+            Ordering::Less => lo = mid + 1,
+            Ordering::Greater => hi = mid,
+            Ordering::Equal => return Ok(mid),
+        }
+    }
+    Err(lo)
+}
+
+/// Applies one change (the `width` inputs after the row's key) to a group's entries in
+/// place, dropping the entry if its count cancels.
+fn change(group: &mut Group, width: usize, mut row: Row, k: usize, diff: isize) {
+    match search(&group.values, &group.counts, width, &row[k..k + width]) {
         Ok(at) => {
-            values[at].1 += diff;
-            if values[at].1 == 0 {
-                values.remove(at);
+            group.counts[at] += diff;
+            if group.counts[at] == 0 {
+                group.counts.remove(at);
+                group.values.drain(at * width..(at + 1) * width);
             }
         }
-        Err(at) => values.insert(at, (row, diff)),
+        Err(at) => {
+            group.counts.insert(at, diff);
+            if width == 1 {
+                group.values.insert(at, std::mem::replace(&mut row[k], Value::Null));
+            } else {
+                group.values.splice(at * width..at * width, row.drain(k..k + width));
+            }
+        }
     }
 }
 
-/// Merges sorted, consolidated changes into a sorted multiset, dropping what cancels.
-fn merge(values: Vec<(Row, isize)>, changes: impl Iterator<Item = (Row, isize)>) -> Vec<(Row, isize)> {
+/// Merges sorted changes (equal inputs may repeat) into a group's sorted entries,
+/// dropping what cancels. The entries' values move to the merged entries; only a new
+/// entry's values are copied from its change.
+fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a [Value], isize)>) {
+    let counts = std::mem::take(&mut group.counts);
+    let mut old = std::mem::take(&mut group.values).into_iter();
     let mut changes = changes.peekable();
-    if values.is_empty() {
-        return changes.collect();
-    }
-    let mut out = Vec::with_capacity(values.len() + changes.size_hint().0);
-    let mut values = values.into_iter().peekable();
-    loop {
-        let order = match (values.peek(), changes.peek()) {
-            (Some(a), Some(b)) => a.0.cmp(&b.0),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => break,
+    let room = counts.len() + changes.size_hint().0;
+    let mut values: Vec<Value> = Vec::with_capacity(room * width);
+    let mut merged: Vec<isize> = Vec::with_capacity(room);
+    // the sum of the next change and every change equal to it
+    let next_change = |changes: &mut std::iter::Peekable<_>| {
+        let (inputs, mut n): (&'a [Value], isize) = changes.next()?;
+        while let Some((_, m)) = changes.next_if(|(next, _): &(&[Value], isize)| *next == inputs) {
+            n += m;
+        }
+        Some((inputs, n))
+    };
+    for n in counts {
+        let entry = &old.as_slice()[..width];
+        // the changes before this entry are new entries
+        while changes.peek().is_some_and(|(inputs, _)| *inputs < entry) {
+            if let Some((inputs, m)) = next_change(&mut changes)
+                && m != 0
+            {
+                values.extend_from_slice(inputs);
+                merged.push(m);
+            }
+        }
+        let n = match changes.peek() {
+            Some((inputs, _)) if *inputs == entry => n + next_change(&mut changes).map_or(0, |(_, m)| m),
+            _ => n,
         };
-        match order {
-            std::cmp::Ordering::Less => out.push(values.next().expect("peeked")),
-            std::cmp::Ordering::Greater => out.push(changes.next().expect("peeked")),
-            std::cmp::Ordering::Equal => {
-                let (row, n) = values.next().expect("peeked");
-                let (_, m) = changes.next().expect("peeked");
-                if n + m != 0 {
-                    out.push((row, n + m));
-                }
+        if n != 0 {
+            values.extend(old.by_ref().take(width));
+            merged.push(n);
+        } else {
+            old.by_ref().take(width).for_each(drop);
+        }
+    }
+    while let Some((inputs, m)) = next_change(&mut changes) {
+        if m != 0 {
+            values.extend_from_slice(inputs);
+            merged.push(m);
+        }
+    }
+    group.values = values;
+    group.counts = merged;
+}
+
+/// Calls `f` with the value of slot `Column(c)` of each entry with a positive count, and the count.
+#[inline]
+fn each_in_column<'a>(c: usize, width: usize, values: &'a [Value], counts: &[isize], mut f: impl FnMut(&'a Value, isize)) {
+    if width == 1 {
+        // (the usual case: one input, so the entries are the values)
+        for (v, n) in values.iter().zip(counts) {
+            if *n > 0 {
+                f(v, *n);
+            }
+        }
+    } else {
+        for (entry, n) in values.chunks_exact(width.max(1)).zip(counts) {
+            if *n > 0 {
+                f(&entry[c], *n);
             }
         }
     }
-    out
 }
 
-/// Computes aggregate `a` over a group's values (those with a positive count).
-fn aggregate(a: &Aggregate, slot: &Slot, vals: &[(Row, isize)]) -> Value {
+/// Computes aggregate `a` over a group's entries (those with a positive count).
+fn aggregate(a: &Aggregate, slot: &Slot, width: usize, values: &[Value], counts: &[isize]) -> Value {
     if a.distinct {
-        return aggregate_distinct(a, slot, vals);
+        return aggregate_distinct(a, slot, width, values, counts);
     }
     let mut totals = Totals::default();
     match slot {
-        Slot::Column(i) => {
-            for (row, n) in vals {
-                if *n > 0 && !row[*i].is_null() {
-                    totals.add(a.func, &row[*i], *n);
-                }
+        Slot::Column(c) => each_in_column(*c, width, values, counts, |v, n| {
+            if !v.is_null() {
+                totals.add(a.func, v, n);
             }
-        }
+        }),
         Slot::Constant(Value::Null) => {}
         Slot::Constant(v) => {
-            for (_, n) in vals {
+            for n in counts {
                 if *n > 0 {
                     totals.add(a.func, v, *n);
                 }
@@ -336,12 +435,19 @@ fn aggregate(a: &Aggregate, slot: &Slot, vals: &[(Row, isize)]) -> Value {
 }
 
 /// `func(DISTINCT …)`: each distinct non-NULL value once.
-fn aggregate_distinct(a: &Aggregate, slot: &Slot, vals: &[(Row, isize)]) -> Value {
-    let present = vals.iter().filter(|(_, n)| *n > 0);
+fn aggregate_distinct(a: &Aggregate, slot: &Slot, width: usize, values: &[Value], counts: &[isize]) -> Value {
     let mut distinct: Vec<&Value> = match slot {
-        Slot::Column(i) => present.map(|(row, _)| &row[*i]).filter(|v| !v.is_null()).collect(),
+        Slot::Column(c) => {
+            let mut present = Vec::with_capacity(counts.len());
+            each_in_column(*c, width, values, counts, |v, _| {
+                if !v.is_null() {
+                    present.push(v);
+                }
+            });
+            present
+        }
         Slot::Constant(Value::Null) => Vec::new(),
-        Slot::Constant(v) => present.map(|_| v).take(1).collect(),
+        Slot::Constant(v) => counts.iter().filter(|n| **n > 0).map(|_| v).take(1).collect(),
     };
     distinct.sort();
     distinct.dedup();
@@ -422,33 +528,66 @@ mod tests {
         vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))]
     }
 
+    /// A group holding these entries (each `width` values).
+    fn group_of(entries: &[(Row, isize)]) -> Group {
+        Group { row: Vec::new(), values: entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), counts: entries.iter().map(|(_, n)| *n).collect() }
+    }
+
+    fn entries_of(group: &Group, width: usize) -> Vec<(Row, isize)> {
+        group.counts.iter().enumerate().map(|(j, n)| (group.values[j * width..(j + 1) * width].to_vec(), *n)).collect()
+    }
+
     #[test]
     fn merging_keeps_the_multiset_sorted_and_drops_what_cancels() {
-        let values = vec![(row(&[1]), 2), (row(&[3]), 1), (row(&[5]), 1)];
-        let changes = vec![(row(&[0]), 1), (row(&[3]), -1), (row(&[4]), 2), (row(&[5]), 1), (row(&[9]), -1)];
-        let merged = merge(values, changes.into_iter());
-        assert_eq!(merged, vec![(row(&[0]), 1), (row(&[1]), 2), (row(&[4]), 2), (row(&[5]), 2), (row(&[9]), -1)]);
-        assert!(merge(vec![(row(&[1]), 1)], vec![(row(&[1]), -1)].into_iter()).is_empty());
+        let mut group = group_of(&[(row(&[1, 0]), 2), (row(&[3, 0]), 1), (row(&[5, 0]), 1)]);
+        let changes = [(row(&[0, 0]), 1), (row(&[3, 0]), -1), (row(&[4, 0]), 1), (row(&[4, 0]), 1), (row(&[5, 0]), 1), (row(&[9, 0]), -1)];
+        merge(&mut group, 2, changes.iter().map(|(r, d)| (&r[..], *d)));
+        assert_eq!(entries_of(&group, 2), vec![(row(&[0, 0]), 1), (row(&[1, 0]), 2), (row(&[4, 0]), 2), (row(&[5, 0]), 2), (row(&[9, 0]), -1)]);
+        let mut group = group_of(&[(row(&[1, 0]), 1)]);
+        merge(&mut group, 2, [(&row(&[1, 0])[..], -1)].into_iter());
+        assert!(group.counts.is_empty() && group.values.is_empty());
     }
 
     #[test]
     fn changing_in_place_agrees_with_merging() {
         for (n, k) in [(0, 1), (3, 2), (10, 30), (100, 2), (100, 40), (1000, 3)] {
-            let values: Vec<(Row, isize)> = (0..n).map(|i| (row(&[2 * i]), 1)).collect();
-            let changes: Vec<(Row, isize)> = (0..k).map(|j| (row(&[3 * j]), if j % 2 == 0 { -1 } else { 2 })).collect();
+            // entries of two values; the changes' rows carry a key of one value first
+            let values: Vec<(Row, isize)> = (0..n).map(|i| (row(&[2 * i, i % 3]), 1)).collect();
+            let changes: Vec<(Row, isize)> = (0..k).map(|j| (row(&[7, 3 * j, j % 3]), if j % 2 == 0 { -1 } else { 2 })).collect();
             let mut expected: std::collections::BTreeMap<Row, isize> = values.iter().cloned().collect();
             for (r, d) in &changes {
-                *expected.entry(r.clone()).or_default() += d;
+                *expected.entry(r[1..].to_vec()).or_default() += d;
             }
             expected.retain(|_, d| *d != 0);
             let expected: Vec<(Row, isize)> = expected.into_iter().collect();
-            let mut in_place = values.clone();
+            let mut in_place = group_of(&values);
             for (r, d) in changes.clone() {
-                change(&mut in_place, r, d);
+                change(&mut in_place, 2, r, 1, d);
             }
-            assert_eq!(in_place, expected, "{n} values, {k} changes in place");
-            assert_eq!(merge(values, changes.into_iter()), expected, "{n} values, {k} changes merged");
+            assert_eq!(entries_of(&in_place, 2), expected, "{n} values, {k} changes in place");
+            let mut sorted = changes.clone();
+            sorted.sort();
+            let mut merged = group_of(&values);
+            merge(&mut merged, 2, sorted.iter().map(|(r, d)| (&r[1..], *d)));
+            assert_eq!(entries_of(&merged, 2), expected, "{n} values, {k} changes merged");
         }
+    }
+
+    #[test]
+    fn a_group_without_inputs_counts_its_rows() {
+        // DISTINCT: the whole row is the key, and each group has one entry, of no values
+        let mut groups = Groups::new(None, 0);
+        let mut out = Vec::new();
+        apply(&mut groups, &[], vec![(row(&[1, 2]), 1), (row(&[1, 2]), 1), (row(&[3]), 1)], |r, d| out.push((r, d)));
+        out.sort();
+        assert_eq!(out, vec![(row(&[1, 2]), 1), (row(&[3]), 1)]);
+        out.clear();
+        apply(&mut groups, &[], vec![(row(&[1, 2]), -1)], |r, d| out.push((r, d)));
+        assert!(out.is_empty());
+        apply(&mut groups, &[], vec![(row(&[1, 2]), -1), (row(&[3]), -1)], |r, d| out.push((r, d)));
+        out.sort();
+        assert_eq!(out, vec![(row(&[1, 2]), -1), (row(&[3]), -1)]);
+        assert_eq!(groups.table.len(), 0);
     }
 
     #[test]
@@ -457,7 +596,7 @@ mod tests {
         // changing in place to merging within an epoch), some retracted in later epochs;
         // after every epoch the emitted rows add up to count and max recomputed from scratch
         let aggregates = count_and_max();
-        let mut groups = Groups::new(Some(1));
+        let mut groups = Groups::new(Some(1), 1);
         let mut view: std::collections::BTreeMap<Row, isize> = Default::default();
         let mut all: std::collections::BTreeMap<(i64, i64), isize> = Default::default();
         let mut seed = 17u64;
@@ -472,7 +611,7 @@ mod tests {
                 let present = all.get(&(key, value)).copied().unwrap_or(0);
                 let diff = if present > 0 && next() % 3 == 0 { -1 } else { 1 };
                 *all.entry((key, value)).or_default() += diff;
-                updates.push(((row(&[key]), row(&[value])), diff));
+                updates.push((row(&[key, value]), diff));
             }
             apply(&mut groups, &aggregates, updates, |r, d| *view.entry(r).or_default() += d);
             view.retain(|_, d| *d != 0);
@@ -502,7 +641,7 @@ mod tests {
             let out: Rc<RefCell<Vec<(Row, Epoch, isize)>>> = Rc::default();
             let seen = out.clone();
             let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
-                let (input, updates) = scope.new_collection::<(Row, Row), isize>();
+                let (input, updates) = scope.new_collection::<Row, isize>();
                 let seen = seen.clone();
                 let grouped = group(updates, Some(1), aggregates.clone());
                 let (probe, _) = grouped.inner.inspect(move |change| seen.borrow_mut().push(change.clone())).probe();
@@ -510,7 +649,7 @@ mod tests {
             });
             for (epoch, key, value, diff) in &updates {
                 input.advance_to(*epoch);
-                input.update((row(&[*key]), row(&[*value])), *diff);
+                input.update(row(&[*key, *value]), *diff);
             }
             input.advance_to(5);
             input.flush();
@@ -538,30 +677,29 @@ mod tests {
     #[test]
     fn a_group_emits_its_old_row_and_its_new_one_and_leaves_when_emptied() {
         let aggregates = count_and_max();
-        let mut groups = Groups::new(Some(1));
+        let mut groups = Groups::new(Some(1), 1);
         let mut out = Vec::new();
-        let k = || row(&[7]);
-        apply(&mut groups, &aggregates, vec![((k(), row(&[4])), 1), ((k(), row(&[2])), 1), ((row(&[8]), row(&[1])), 1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 4]), 1), (row(&[7, 2]), 1), (row(&[8, 1]), 1)], |r, d| out.push((r, d)));
         out.sort();
         assert_eq!(out, vec![(row(&[7, 2, 4]), 1), (row(&[8, 1, 1]), 1)]);
         out.clear();
         // an update that changes nothing visible emits nothing
-        apply(&mut groups, &aggregates, vec![((k(), row(&[2])), 1), ((k(), row(&[3])), 1), ((k(), row(&[2])), -1), ((k(), row(&[3])), -1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 2]), 1), (row(&[7, 3]), 1), (row(&[7, 2]), -1), (row(&[7, 3]), -1)], |r, d| out.push((r, d)));
         assert!(out.is_empty());
-        apply(&mut groups, &aggregates, vec![((k(), row(&[9])), 1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), 1)], |r, d| out.push((r, d)));
         assert_eq!(out, vec![(row(&[7, 2, 4]), -1), (row(&[7, 3, 9]), 1)]);
         out.clear();
-        apply(&mut groups, &aggregates, vec![((k(), row(&[9])), -1), ((k(), row(&[4])), -1), ((k(), row(&[2])), -1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), -1), (row(&[7, 4]), -1), (row(&[7, 2]), -1)], |r, d| out.push((r, d)));
         assert_eq!(out, vec![(row(&[7, 3, 9]), -1)]);
         // the emptied group's place is reused
         assert_eq!(groups.free.len(), 1);
-        apply(&mut groups, &aggregates, vec![((k(), row(&[5])), 1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 5]), 1)], |r, d| out.push((r, d)));
         assert_eq!(out.last(), Some(&(row(&[7, 1, 5]), 1)));
         assert!(groups.free.is_empty());
         assert_eq!(groups.table.len(), 2);
         // updates to a new key that cancel within the epoch leave no group behind
         out.clear();
-        apply(&mut groups, &aggregates, vec![((row(&[9]), row(&[1])), 1), ((row(&[9]), row(&[1])), -1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[9, 1]), 1), (row(&[9, 1]), -1)], |r, d| out.push((r, d)));
         assert!(out.is_empty());
         assert_eq!(groups.table.len(), 2);
         assert_eq!(groups.free.len(), 1);

@@ -585,8 +585,14 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
             }
         }
     }
+    // (events mostly come in time order: one lookup of the bucket per run of them)
+    let mut run: Option<(i64, &mut Vec<Kept>)> = None;
     for e in batch.events {
-        let at = stream.events.entry(bucket(e.ts)).or_default();
+        let b = bucket(e.ts);
+        let at = match run {
+            Some((current, at)) if current == b => at,
+            _ => stream.events.entry(b).or_default(),
+        };
         match &mut stream.merged {
             Some(index) => match index.entry((e.ts, e.row)) {
                 std::collections::hash_map::Entry::Occupied(i) => at[*i.get()].weight += e.weight,
@@ -598,6 +604,7 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
             },
             None => at.push(Kept { ts: e.ts, row: e.row, late_by: e.late_by, weight: e.weight }),
         }
+        run = Some((b, at));
     }
     stream.watermark = stream.watermark.max(batch.watermark);
     // retract what fell out of each view's retention, then forget what fell out of the stream's
@@ -653,7 +660,8 @@ fn create_view(
     let consolidated = plan.root.changes_are_consolidated();
     let count = sources.len();
     let mut steps = vec![Vec::new(); count];
-    let root = hoist(&plan.root, &scans(&plan.root, count), &mut steps);
+    let root = keyed(&plan.root);
+    let root = hoist(&root, &scans(&root, count), &mut steps);
     let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
         let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();
         let mut changes = build(&root, &collections, scope, &mut Vec::new());
@@ -721,9 +729,11 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
         let mut ready: BTreeMap<Epoch, Vec<(Row, isize)>> = BTreeMap::new();
         let mut output = v.output.borrow_mut();
         let pending = std::mem::take(&mut *output);
+        let room = pending.len();
         for (row, t, diff) in pending {
             if t < complete_below {
-                ready.entry(t).or_default().push((row, diff));
+                // (usually one epoch takes them all: room for all at once, not by doubling)
+                ready.entry(t).or_insert_with(|| Vec::with_capacity(room)).push((row, diff));
             } else {
                 output.push((row, t, diff));
             }
@@ -823,13 +833,9 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
 fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: &mut Built<'s>) -> Rows<'s> {
     match node {
         Node::Scan { source } => sources[*source].clone(),
-        Node::Map { .. } | Node::Filter { .. } => {
-            // fuse a chain of maps and filters into one operator
-            let (steps, base) = chain(node);
-            build(base, sources, scope, built).flat_map(move |row| apply_steps(&steps, row))
-        }
+        Node::Map { .. } | Node::Filter { .. } => lower_chain(node, 0, sources, scope, built),
         // a group per distinct row, with no aggregates
-        Node::Distinct { input } => crate::aggregate::group(build(input, sources, scope, built).map(|row| (row, Row::new())), None, Vec::new()),
+        Node::Distinct { input } => crate::aggregate::group(build(input, sources, scope, built), None, Vec::new()),
         Node::Join { left, right, left_keys, right_keys, residual } => {
             let keyed = |keys: &Vec<Scalar>, side: Rows<'s>| {
                 let keys = keys.clone();
@@ -866,27 +872,18 @@ fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
             })
         }
         Node::Aggregate { input, keys, aggregates } => {
-            let keys = keys.clone();
-            // each event becomes (group key, its aggregates' inputs); see `aggregate`
-            let (inputs, slots) = crate::aggregate::inputs(aggregates);
-            let aggs: Vec<(Aggregate, crate::aggregate::Slot)> = aggregates.iter().cloned().zip(slots).collect();
+            // the grouping takes rows `key ++ inputs` (see `keyed`)
+            let Some(slots) = keyed_slots(keys, aggregates) else {
+                return build(&keyed(node), sources, scope, built);
+            };
             let global = keys.is_empty();
-            let key_len = Some(keys.len());
-            let row_len = keys.len() + aggregates.len();
-            let keyed = build(input, sources, scope, built).map(move |row| {
-                // (room for the aggregates: the key becomes the start of its group's row)
-                let mut key = Vec::with_capacity(row_len);
-                key.extend(keys.iter().map(|k| k.eval(&row)));
-                let vals: Row = inputs
-                    .iter()
-                    .map(|(arg, filter)| match filter {
-                        Some(f) if !f.passes(&row) => Value::Null,
-                        _ => arg.eval(&row),
-                    })
-                    .collect();
-                (key, vals)
-            });
-            let grouped = crate::aggregate::group(keyed, key_len, aggs);
+            let aggs: Vec<(Aggregate, crate::aggregate::Slot)> = aggregates.iter().cloned().zip(slots).collect();
+            let rows = match **input {
+                // (room for the aggregates: a row becomes its group's when it starts one)
+                Node::Map { .. } | Node::Filter { .. } => lower_chain(input, keys.len() + aggregates.len(), sources, scope, built),
+                _ => build(input, sources, scope, built),
+            };
+            let grouped = crate::aggregate::group(rows, Some(keys.len()), aggs);
             if !global {
                 return grouped;
             }
@@ -903,10 +900,88 @@ fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
     }
 }
 
+/// The plan with each aggregate reading rows `key ++ inputs`: a map below it evaluates
+/// the group key's expressions and each distinct aggregate input (see
+/// [`crate::aggregate::inputs`]; a `FILTER` becomes `CASE WHEN filter THEN arg END`),
+/// and the aggregate groups by the first columns and reads the ones after. The grouping
+/// takes those rows as they come, and where the map is hoisted into the view's input
+/// (see [`hoist`]) the row it builds from an event is the only copy of it.
+fn keyed(node: &Node) -> Node {
+    let inner = |n: &Node| Box::new(keyed(n));
+    match node {
+        Node::Aggregate { input, keys, aggregates } => {
+            let k = keys.len();
+            let (inputs, slots) = crate::aggregate::inputs(aggregates);
+            let mut exprs = keys.clone();
+            exprs.extend(inputs.into_iter().map(|(arg, filter)| match filter {
+                None => arg,
+                Some(filter) => Scalar::Case { operand: None, branches: vec![(filter, arg)], otherwise: None },
+            }));
+            let aggregates = aggregates
+                .iter()
+                .zip(slots)
+                .map(|(a, slot)| Aggregate {
+                    arg: match slot {
+                        crate::aggregate::Slot::Column(i) => Scalar::Column(k + i),
+                        crate::aggregate::Slot::Constant(v) => Scalar::Literal(v),
+                    },
+                    filter: None,
+                    ..a.clone()
+                })
+                .collect();
+            Node::Aggregate { input: Box::new(Node::Map { input: inner(input), exprs }), keys: (0..k).map(Scalar::Column).collect(), aggregates }
+        }
+        Node::Scan { .. } => node.clone(),
+        Node::Map { input, exprs } => Node::Map { input: inner(input), exprs: exprs.clone() },
+        Node::Filter { input, predicate } => Node::Filter { input: inner(input), predicate: predicate.clone() },
+        Node::Distinct { input } => Node::Distinct { input: inner(input) },
+        Node::Unnest { input, column, preserve_nulls } => Node::Unnest { input: inner(input), column: *column, preserve_nulls: *preserve_nulls },
+        Node::Join { left, right, left_keys, right_keys, residual } => {
+            Node::Join { left: inner(left), right: inner(right), left_keys: left_keys.clone(), right_keys: right_keys.clone(), residual: residual.clone() }
+        }
+    }
+}
+
+/// Each aggregate's slot if the aggregate is as [`keyed`] leaves it (keys are the row's
+/// first columns; each aggregate reads a column after them, or a constant, unfiltered).
+fn keyed_slots(keys: &[Scalar], aggregates: &[Aggregate]) -> Option<Vec<crate::aggregate::Slot>> {
+    let k = keys.len();
+    if keys.iter().enumerate().any(|(i, key)| *key != Scalar::Column(i)) {
+        return None;
+    }
+    aggregates
+        .iter()
+        .map(|a| match (&a.arg, &a.filter) {
+            (Scalar::Column(c), None) if *c >= k => Some(crate::aggregate::Slot::Column(c - k)),
+            (Scalar::Literal(v), None) => Some(crate::aggregate::Slot::Constant(v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A chain of maps and filters, fused into one operator; the rows of its last map are
+/// made with room for `capacity` values.
+fn lower_chain<'s>(node: &Node, capacity: usize, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: &mut Built<'s>) -> Rows<'s> {
+    let (mut steps, base) = chain(node);
+    if let Some(RowStep::Map { capacity: room, .. }) = steps.last_mut() {
+        *room = (*room).max(capacity);
+    }
+    build(base, sources, scope, built).flat_map(move |row| apply_steps(&steps, row))
+}
+
 #[derive(Clone)]
 enum RowStep {
-    Map(Vec<Scalar>),
+    /// A row of the expressions' values, made with room for `capacity` values.
+    Map { exprs: Vec<Scalar>, capacity: usize },
     Filter(Scalar),
+}
+
+impl RowStep {
+    fn map(exprs: &[Scalar], row: &[Value], capacity: usize) -> Row {
+        let mut out = Vec::with_capacity(capacity.max(exprs.len()));
+        out.extend(exprs.iter().map(|e| e.eval(row)));
+        out
+    }
 }
 
 /// The maps and filters from `node` down, in the order they apply, and the node below them.
@@ -915,7 +990,7 @@ fn chain(node: &Node) -> (Vec<RowStep>, &Node) {
     let mut base = node;
     loop {
         let (step, input) = match base {
-            Node::Map { input, exprs } => (RowStep::Map(exprs.clone()), input),
+            Node::Map { input, exprs } => (RowStep::Map { exprs: exprs.clone(), capacity: exprs.len() }, input),
             Node::Filter { input, predicate } => (RowStep::Filter(predicate.clone()), input),
             _ => break,
         };
@@ -965,7 +1040,16 @@ fn hoist(node: &Node, scans: &[usize], steps: &mut [Vec<RowStep>]) -> Node {
             }
         }
         Node::Scan { .. } => node.clone(),
-        Node::Aggregate { input, keys, aggregates } => Node::Aggregate { input: Box::new(hoist(input, scans, steps)), keys: keys.clone(), aggregates: aggregates.clone() },
+        Node::Aggregate { input, keys, aggregates } => {
+            let input = hoist(input, scans, steps);
+            if let Node::Scan { source } = input
+                && let Some(RowStep::Map { capacity, .. }) = steps[source].last_mut()
+            {
+                // room for the aggregates: the row becomes its group's when it starts one
+                *capacity = (*capacity).max(keys.len() + aggregates.len());
+            }
+            Node::Aggregate { input: Box::new(input), keys: keys.clone(), aggregates: aggregates.clone() }
+        }
         Node::Distinct { input } => Node::Distinct { input: Box::new(hoist(input, scans, steps)) },
         Node::Unnest { input, column, preserve_nulls } => Node::Unnest { input: Box::new(hoist(input, scans, steps)), column: *column, preserve_nulls: *preserve_nulls },
         Node::Join { left, right, left_keys, right_keys, residual } => Node::Join {
@@ -985,7 +1069,7 @@ fn prepare(steps: &[RowStep], row: &Row) -> Option<Row> {
     for step in steps {
         let current = owned.as_ref().unwrap_or(row);
         match step {
-            RowStep::Map(exprs) => owned = Some(eval_all(exprs, current)),
+            RowStep::Map { exprs, capacity } => owned = Some(RowStep::map(exprs, current, *capacity)),
             RowStep::Filter(p) => {
                 if !p.passes(current) {
                     return None;
@@ -999,7 +1083,7 @@ fn prepare(steps: &[RowStep], row: &Row) -> Option<Row> {
 fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
     for step in steps {
         match step {
-            RowStep::Map(exprs) => row = eval_all(exprs, &row),
+            RowStep::Map { exprs, capacity } => row = RowStep::map(exprs, &row, *capacity),
             RowStep::Filter(p) => {
                 if !p.passes(&row) {
                     return None;
