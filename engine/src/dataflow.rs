@@ -729,11 +729,19 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
         let mut ready: BTreeMap<Epoch, Vec<(Row, isize)>> = BTreeMap::new();
         let mut output = v.output.borrow_mut();
         let pending = std::mem::take(&mut *output);
-        let room = pending.len();
+        // each epoch's changes are gathered into a vector made at their number (not grown
+        // by doubling, nor left larger than they need: the store keeps it as the history)
+        let mut sizes: Vec<(Epoch, usize)> = Vec::new();
+        for (_, t, _) in &pending {
+            match sizes.last_mut() {
+                Some((epoch, n)) if epoch == t => *n += 1,
+                _ => sizes.push((*t, 1)),
+            }
+        }
+        let size = |t: Epoch| sizes.iter().filter(|(epoch, _)| *epoch == t).map(|(_, n)| n).sum();
         for (row, t, diff) in pending {
             if t < complete_below {
-                // (usually one epoch takes them all: room for all at once, not by doubling)
-                ready.entry(t).or_insert_with(|| Vec::with_capacity(room)).push((row, diff));
+                ready.entry(t).or_insert_with(|| Vec::with_capacity(size(t))).push((row, diff));
             } else {
                 output.push((row, t, diff));
             }
