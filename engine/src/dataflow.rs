@@ -1116,6 +1116,42 @@ mod tests {
     }
 
     #[test]
+    fn an_aggregate_over_a_stream_takes_rows_of_its_key_and_inputs_built_in_the_view_input() {
+        use crate::schema::DataType;
+        let column = |c| Scalar::Column(c);
+        let positive = Scalar::Binary(Box::new(column(1)), crate::expr::BinOp::Gt, Box::new(Scalar::Literal(Value::Int(0))));
+        let aggregate = |func, arg, filter| Aggregate { func, arg, distinct: false, filter, output: DataType::Int };
+        // GROUP BY col0: count(*), sum(col1), max(col1), count(*) FILTER (WHERE col1 > 0)
+        let plan = Node::Aggregate {
+            input: Box::new(Node::Scan { source: 0 }),
+            keys: vec![column(0)],
+            aggregates: vec![
+                aggregate(AggFunc::Count, Scalar::Literal(Value::Int(1)), None),
+                aggregate(AggFunc::Sum, column(1), None),
+                aggregate(AggFunc::Max, column(1), None),
+                aggregate(AggFunc::Count, Scalar::Literal(Value::Int(1)), Some(positive.clone())),
+            ],
+        };
+        let keyed_plan = keyed(&plan);
+        let Node::Aggregate { keys, aggregates, .. } = &keyed_plan else { panic!("still an aggregate") };
+        // the key first, then each distinct input once (sum and max share col1), the filter as a CASE
+        assert_eq!(keys, &vec![column(0)]);
+        let args: Vec<&Scalar> = aggregates.iter().map(|a| &a.arg).collect();
+        assert_eq!(args, vec![&Scalar::Literal(Value::Int(1)), &column(1), &column(1), &column(2)]);
+        assert!(aggregates.iter().all(|a| a.filter.is_none()));
+        let slots = keyed_slots(keys, aggregates).expect("in keyed form");
+        assert_eq!(slots[3], crate::aggregate::Slot::Column(1));
+        // the map moves into the view's input, with room for the group's row
+        let mut steps = vec![Vec::new()];
+        let hoisted = hoist(&keyed_plan, &scans(&keyed_plan, 1), &mut steps);
+        assert!(matches!(&hoisted, Node::Aggregate { input, .. } if **input == Node::Scan { source: 0 }));
+        let row = prepare(&steps[0], &vec![Value::str("a"), Value::Int(-4)]).expect("no filter drops it");
+        assert_eq!(row, vec![Value::str("a"), Value::Int(-4), Value::Null]);
+        assert!(row.capacity() >= 5, "room for the key and the four aggregates");
+        assert_eq!(prepare(&steps[0], &vec![Value::str("a"), Value::Int(4)]), Some(vec![Value::str("a"), Value::Int(4), Value::Int(1)]));
+    }
+
+    #[test]
     fn maps_and_filters_over_a_source_read_once_move_into_the_input() {
         let keep_positive = Scalar::Binary(Box::new(Scalar::Column(0)), crate::expr::BinOp::Gt, Box::new(Scalar::Literal(Value::Int(0))));
         let filtered = |source| Node::Filter { input: Box::new(Node::Scan { source }), predicate: keep_positive.clone() };
