@@ -301,12 +301,9 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
     }
 }
 
-/// The position of `inputs` among a group's sorted entries, or where it would go.
+/// The position of `inputs` among a group's sorted entries, or where it would go. (With
+/// no inputs, as in DISTINCT, the one entry there can be is empty and equal to them.)
 fn search(values: &[Value], counts: &[isize], width: usize, inputs: &[Value]) -> Result<usize, usize> {
-    if width == 0 {
-        // (one entry at most: the empty one)
-        return if counts.is_empty() { Err(0) } else { Ok(0) };
-    }
     let (mut lo, mut hi) = (0, counts.len());
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
