@@ -24,7 +24,7 @@
 //! A dispatcher thread (the caller's) hands each worker an equal share of every batch's
 //! events (each retains and retracts its own share) and wakes it; a worker with nothing
 //! to do sleeps. With several workers (`workers` > 1) every worker
-//! builds every view's dataflow, whose arrangements exchange rows by key, and each view's
+//! builds every view's dataflow, whose groupings and joins exchange rows by key, and each view's
 //! output is exchanged to worker 0, the only one that publishes to the store and runs
 //! detectors. Timely's progress tracking is global, so worker 0's probe passing an epoch
 //! means every worker's changes for it have arrived: readers still see whole epochs.
@@ -48,7 +48,7 @@ use tokio::sync::oneshot;
 
 use crate::detect::Detector;
 use crate::error::{Error, Result};
-use crate::expr::{eval_all, Scalar};
+use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate, Node, ViewPlan};
 use crate::schema::Stream;
 use crate::store::{LiveView, ViewStore};
@@ -845,19 +845,9 @@ fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
         // a group per distinct row, with no aggregates
         Node::Distinct { input } => crate::aggregate::group(build(input, sources, scope, built), None, Vec::new()),
         Node::Join { left, right, left_keys, right_keys, residual } => {
-            let keyed = |keys: &Vec<Scalar>, side: Rows<'s>| {
-                let keys = keys.clone();
-                // NULL keys never match in an inner join
-                side.flat_map(move |row| {
-                    let key = eval_all(&keys, &row);
-                    (!key.iter().any(Value::is_null)).then_some((key, row))
-                })
-                .arrange_by_key()
-            };
-            let l = keyed(left_keys, build(left, sources, scope, built));
-            let r = keyed(right_keys, build(right, sources, scope, built));
+            let (l, r) = (build(left, sources, scope, built), build(right, sources, scope, built));
             let residual = residual.clone();
-            l.join_core(r, move |_key, l: &Row, r: &Row| {
+            crate::join::join(l, r, left_keys.clone(), right_keys.clone(), move |l: &Row, r: &Row| {
                 let mut row = Vec::with_capacity(l.len() + r.len());
                 row.extend_from_slice(l);
                 row.extend_from_slice(r);

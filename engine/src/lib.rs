@@ -25,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod expr;
 pub mod ingest;
+pub mod join;
 pub mod json;
 pub mod plan;
 pub mod quota;
