@@ -970,11 +970,36 @@ fn lower_chain<'s>(node: &Node, capacity: usize, sources: &[Rows<'s>], scope: Sc
 #[derive(Clone)]
 enum RowStep {
     /// A row of the expressions' values, made with room for `capacity` values.
-    Map { exprs: Vec<Scalar>, capacity: usize },
+    /// `columns`: the columns it takes, when its expressions are references to columns
+    /// in increasing order (a projection), which a row owned by the step gives up in
+    /// place rather than copying into a new one.
+    Map { exprs: Vec<Scalar>, capacity: usize, columns: Option<Vec<usize>> },
     Filter(Scalar),
 }
 
 impl RowStep {
+    fn new_map(exprs: &[Scalar]) -> RowStep {
+        let columns: Option<Vec<usize>> = exprs.iter().map(|e| if let Scalar::Column(c) = e { Some(*c) } else { None }).collect();
+        let columns = columns.filter(|c| c.windows(2).all(|w| w[0] < w[1]));
+        RowStep::Map { exprs: exprs.to_vec(), capacity: exprs.len(), columns }
+    }
+
+    /// The projection of `row` onto `columns` (increasing), in place: each taken value
+    /// moves forward to its position, and what is left after them is dropped. The row
+    /// keeps the room it has, without growing to the map's `capacity`: growing it here
+    /// would move every row (measured: `nexmark-q5` +6M instructions where the in-place
+    /// projection saves 95M), when most rows into a grouping are dropped once their
+    /// group has their inputs; a row that starts a group grows then.
+    fn project(columns: &[usize], mut row: Row) -> Row {
+        for (i, c) in columns.iter().enumerate() {
+            // (c ≥ i, and position c still holds its own value: only positions before
+            // i and columns before c have moved)
+            row.swap(i, *c);
+        }
+        row.truncate(columns.len());
+        row
+    }
+
     fn map(exprs: &[Scalar], row: &[Value], capacity: usize) -> Row {
         let mut out = Vec::with_capacity(capacity.max(exprs.len()));
         out.extend(exprs.iter().map(|e| e.eval(row)));
@@ -988,7 +1013,7 @@ fn chain(node: &Node) -> (Vec<RowStep>, &Node) {
     let mut base = node;
     loop {
         let (step, input) = match base {
-            Node::Map { input, exprs } => (RowStep::Map { exprs: exprs.clone(), capacity: exprs.len() }, input),
+            Node::Map { input, exprs } => (RowStep::new_map(exprs), input),
             Node::Filter { input, predicate } => (RowStep::Filter(predicate.clone()), input),
             _ => break,
         };
@@ -1067,7 +1092,7 @@ fn prepare(steps: &[RowStep], row: &Row) -> Option<Row> {
     for step in steps {
         let current = owned.as_ref().unwrap_or(row);
         match step {
-            RowStep::Map { exprs, capacity } => owned = Some(RowStep::map(exprs, current, *capacity)),
+            RowStep::Map { exprs, capacity, .. } => owned = Some(RowStep::map(exprs, current, *capacity)),
             RowStep::Filter(p) => {
                 if !p.passes(current) {
                     return None;
@@ -1081,7 +1106,10 @@ fn prepare(steps: &[RowStep], row: &Row) -> Option<Row> {
 fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
     for step in steps {
         match step {
-            RowStep::Map { exprs, capacity } => row = RowStep::map(exprs, &row, *capacity),
+            // (not where the row's allocation is over twice what the step needs: whatever
+            // keeps the new row would keep all of it)
+            RowStep::Map { columns: Some(columns), capacity, .. } if row.capacity() <= 2 * (*capacity).max(columns.len()) => row = RowStep::project(columns, row),
+            RowStep::Map { exprs, capacity, .. } => row = RowStep::map(exprs, &row, *capacity),
             RowStep::Filter(p) => {
                 if !p.passes(&row) {
                     return None;
@@ -1095,6 +1123,22 @@ fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_projection_of_an_owned_row_agrees_with_evaluating_the_map() {
+        let row: Row = (0..6).map(Value::Int).collect();
+        for columns in [vec![0, 1], vec![1, 3, 5], vec![2], vec![0, 1, 2, 3, 4, 5], vec![4, 5]] {
+            let exprs: Vec<Scalar> = columns.iter().map(|c| Scalar::Column(*c)).collect();
+            let RowStep::Map { columns: Some(taken), .. } = RowStep::new_map(&exprs) else { panic!("{columns:?} is a projection") };
+            let expected = RowStep::map(&exprs, &row, 4);
+            let projected = apply_steps(&[RowStep::Map { exprs: exprs.clone(), capacity: 4, columns: Some(taken) }], row.clone()).unwrap();
+            assert_eq!(projected, expected, "{columns:?}");
+        }
+        // out of order, repeated or computed: evaluated
+        for exprs in [vec![Scalar::Column(1), Scalar::Column(0)], vec![Scalar::Column(1), Scalar::Column(1)], vec![Scalar::Literal(Value::Int(1))]] {
+            assert!(matches!(RowStep::new_map(&exprs), RowStep::Map { columns: None, .. }));
+        }
+    }
 
     #[test]
     fn consolidating_sums_equal_rows_and_drops_what_cancels() {
