@@ -25,6 +25,8 @@ async fn two_workers_answer_like_one_publish_whole_epochs_and_recover() {
     let weir = Weir::start(dir.path(), &env);
     weir.create_view(PER_MINUTE).await;
     weir.create_view("CREATE VIEW totals AS SELECT count(*) AS n, sum(value) AS s FROM events").await;
+    // a join (both sides exchanged by key between the workers) with an aggregate
+    weir.create_view(TOP).await;
     // a global aggregate over nothing is one row, once (not once per worker)
     assert_eq!(weir.read("totals", 0).await["rows"], json!([{"n": 0, "s": null}]));
 
@@ -35,6 +37,7 @@ async fn two_workers_answer_like_one_publish_whole_epochs_and_recover() {
     // 6 batches of 500 events, 7 tenants over 10 minutes, in no particular order
     let mut expected = Groups::new();
     let (mut count, mut sum) = (0i64, 0.0);
+    let mut events: Vec<(String, f64)> = Vec::new();
     let mut last = 0;
     for batch in 0..6 {
         let lines: Vec<Value> = (0..500)
@@ -46,6 +49,7 @@ async fn two_workers_answer_like_one_publish_whole_epochs_and_recover() {
                 group.1 += value;
                 count += 1;
                 sum += value;
+                events.push((tenant.clone(), value));
                 ev(&tenant, &format!("2026-11-22T10:{minute:02}:{:02}Z", k % 60), "click", value)
             })
             .collect();
@@ -55,6 +59,8 @@ async fn two_workers_answer_like_one_publish_whole_epochs_and_recover() {
     }
     assert_eq!(groups(&weir.read("per_minute", last).await["rows"]), expected);
     assert_eq!(weir.read("totals", last).await["rows"], json!([{"n": count, "s": sum}]));
+    let top = top_events(&events);
+    assert_eq!(top_rows(&weir.read("top", last).await["rows"]), top);
 
     // the subscriber's changes come epoch by epoch and add up to the view
     let mut state: BTreeMap<String, i64> = BTreeMap::new();
@@ -77,4 +83,26 @@ async fn two_workers_answer_like_one_publish_whole_epochs_and_recover() {
     let weir = Weir::start(dir.path(), &env);
     assert_eq!(groups(&weir.read("per_minute", last).await["rows"]), expected);
     assert_eq!(weir.read("totals", last).await["rows"], json!([{"n": count, "s": sum}]));
+    assert_eq!(top_rows(&weir.read("top", last).await["rows"]), top);
+}
+
+/// Each tenant's events with its highest value.
+const TOP: &str = "CREATE VIEW top AS SELECT e.tenant, e.value FROM events e \
+                   JOIN (SELECT tenant, max(value) AS high FROM events GROUP BY tenant) m ON e.tenant = m.tenant AND e.value = m.high";
+
+fn top_events(events: &[(String, f64)]) -> Vec<(String, f64)> {
+    let mut high: BTreeMap<&str, f64> = BTreeMap::new();
+    for (tenant, value) in events {
+        let h = high.entry(tenant).or_insert(*value);
+        *h = h.max(*value);
+    }
+    let mut top: Vec<(String, f64)> = events.iter().filter(|(t, v)| high[t.as_str()] == *v).cloned().collect();
+    top.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    top
+}
+
+fn top_rows(rows: &Value) -> Vec<(String, f64)> {
+    let mut top: Vec<(String, f64)> = rows.as_array().expect("rows").iter().map(|r| (r["tenant"].as_str().unwrap().to_string(), r["value"].as_f64().unwrap())).collect();
+    top.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    top
 }
