@@ -32,7 +32,7 @@ use std::hash::BuildHasher;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
-use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::operators::{Capability, InputCapability, Operator};
 
 use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate};
@@ -168,7 +168,7 @@ impl Grouping {
     }
 }
 
-type Update = (Row, Epoch, isize);
+pub(crate) type Update = (Row, Epoch, isize);
 
 /// Groups rows `key ++ inputs` by their first `key_len` values (`None`: whole rows are
 /// keys, without aggregates); each group becomes one row, `key ++ aggregates`, the
@@ -198,22 +198,7 @@ where
             let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<Update>>)> = BTreeMap::new();
             let mut groups = Groups::new(key_len, width);
             move |(input, frontier), output| {
-                input.for_each(|cap, updates| {
-                    let Some(t) = updates.first().map(|(_, t, _)| *t) else { return };
-                    if updates.iter().all(|(_, u, _)| *u == t) {
-                        // (the usual case: the container is one epoch's, and is kept whole)
-                        pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new())).1.push(std::mem::take(updates));
-                        return;
-                    }
-                    for update in updates.drain(..) {
-                        let t = update.1;
-                        let (_, containers) = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
-                        match containers.last_mut() {
-                            Some(last) => last.push(update),
-                            None => containers.push(vec![update]),
-                        }
-                    }
-                });
+                input.for_each(|cap, updates| stash(&mut pending, &cap, updates, |c| (c, Vec::new()), |(_, containers)| containers));
                 // apply every epoch the frontier has passed, in order
                 while let Some(entry) = pending.first_entry() {
                     if frontier.less_equal(entry.key()) {
@@ -227,6 +212,27 @@ where
             }
         })
         .as_collection()
+}
+
+/// Files a container of updates under its epoch (or epochs) in `pending`, whose entry
+/// for an epoch `new` makes from a capability for it and `containers` gives the
+/// containers of (an operator that applies whole epochs once its frontier passes them:
+/// this one and the join's).
+pub(crate) fn stash<E>(pending: &mut BTreeMap<Epoch, E>, cap: &InputCapability<Epoch>, updates: &mut Vec<Update>, new: impl Fn(Capability<Epoch>) -> E, containers: impl Fn(&mut E) -> &mut Vec<Vec<Update>>) {
+    let Some(t) = updates.first().map(|(_, t, _)| *t) else { return };
+    if updates.iter().all(|(_, u, _)| *u == t) {
+        // (the usual case: the container is one epoch's, and is kept whole)
+        containers(pending.entry(t).or_insert_with(|| new(cap.delayed(&t, 0)))).push(std::mem::take(updates));
+        return;
+    }
+    for update in updates.drain(..) {
+        let t = update.1;
+        let epoch = containers(pending.entry(t).or_insert_with(|| new(cap.delayed(&t, 0))));
+        match epoch.last_mut() {
+            Some(last) => last.push(update),
+            None => epoch.push(vec![update]),
+        }
+    }
 }
 
 /// A group with fewer entries than this takes each change in place as it comes (a binary

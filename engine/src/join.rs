@@ -24,13 +24,12 @@ use std::hash::BuildHasher;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
-use timely::dataflow::operators::{Capability, InputCapability, Operator};
+use timely::dataflow::operators::{Capability, Operator};
 
+use crate::aggregate::{stash, Update};
 use crate::expr::{eval_all, Scalar};
 use crate::time::Epoch;
 use crate::value::{Row, Value};
-
-type Update = (Row, Epoch, isize);
 
 /// A key's rows on one side: sorted, each with its count (never zero).
 struct Keyed {
@@ -245,8 +244,9 @@ where
         .binary_frontier::<_, CapacityContainerBuilder<Vec<Update>>, _, _, _, _>(right.inner, pact1, pact2, "Join", move |_, _| {
             let mut pending: BTreeMap<Epoch, Pending> = BTreeMap::new();
             move |(input1, frontier1), (input2, frontier2), output| {
-                input1.for_each(|cap, updates| stash(&mut pending, cap, updates, true));
-                input2.for_each(|cap, updates| stash(&mut pending, cap, updates, false));
+                let new = |capability| Pending { capability, left: Vec::new(), right: Vec::new() };
+                input1.for_each(|cap, updates| stash(&mut pending, &cap, updates, new, |p| &mut p.left));
+                input2.for_each(|cap, updates| stash(&mut pending, &cap, updates, new, |p| &mut p.right));
                 // apply every epoch both inputs have passed, in order
                 while let Some(entry) = pending.first_entry() {
                     if frontier1.less_equal(entry.key()) || frontier2.less_equal(entry.key()) {
@@ -260,29 +260,6 @@ where
             }
         })
         .as_collection()
-}
-
-/// Files a container of updates under its epoch(s), on the left or the right.
-fn stash(pending: &mut BTreeMap<Epoch, Pending>, cap: InputCapability<Epoch>, updates: &mut Vec<Update>, left: bool) {
-    let Some(t) = updates.first().map(|(_, t, _)| *t) else { return };
-    if updates.iter().all(|(_, u, _)| *u == t) {
-        // (the usual case: the container is one epoch's, and is kept whole)
-        containers(pending, &cap, t, left).push(std::mem::take(updates));
-        return;
-    }
-    for update in updates.drain(..) {
-        let containers = containers(pending, &cap, update.1, left);
-        match containers.last_mut() {
-            Some(last) => last.push(update),
-            None => containers.push(vec![update]),
-        }
-    }
-}
-
-/// The containers of epoch `t` on one side.
-fn containers<'a>(pending: &'a mut BTreeMap<Epoch, Pending>, cap: &InputCapability<Epoch>, t: Epoch, left: bool) -> &'a mut Vec<Vec<Update>> {
-    let p = pending.entry(t).or_insert_with(|| Pending { capability: cap.delayed(&t, 0), left: Vec::new(), right: Vec::new() });
-    if left { &mut p.left } else { &mut p.right }
 }
 
 #[cfg(test)]
