@@ -70,6 +70,8 @@ pub fn date_column(stream: &Stream) -> &'static str {
     if stream.columns.iter().any(|c| c.name == "date") { "event_date" } else { "date" }
 }
 
+const DAY_MS: i64 = 86_400_000;
+
 fn utc_date(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
 }
@@ -237,6 +239,8 @@ impl Archive {
         let mut batches = Vec::new();
         let mut rows: Vec<Row> = Vec::new();
         let mut misfits = 0usize;
+        // (the date column of the last row's day: consecutive rows mostly share a day)
+        let mut day: Option<(i64, Value)> = None;
         for record in records {
             for (seq, row) in record.rows.iter().enumerate() {
                 // rows logged under an earlier schema of the stream (another column count)
@@ -249,7 +253,11 @@ impl Archive {
                     Some(Value::Timestamp(t)) => *t,
                     _ => 0,
                 };
-                rows.push(row.iter().cloned().chain([Value::Int(record.epoch as i64), Value::Int(seq as i64), Value::str(&utc_date(ts))]).collect());
+                let date = match &day {
+                    Some((d, date)) if *d == ts.div_euclid(DAY_MS) => date.clone(),
+                    _ => day.insert((ts.div_euclid(DAY_MS), Value::str(&utc_date(ts)))).1.clone(),
+                };
+                rows.push(row.iter().cloned().chain([Value::Int(record.epoch as i64), Value::Int(seq as i64), date]).collect());
                 if rows.len() == 65_536 {
                     batches.push(weir_engine::columnar::rows_to_batch(&columns, &std::mem::take(&mut rows))?);
                 }

@@ -114,17 +114,23 @@ pub async fn freshness(workload: &str, rows: &Arc<Vec<Row>>, rate: u64, workers:
     let mut stream = resp.bytes_stream();
     let seen = arrivals.clone();
     let subscriber = tokio::spawn(async move {
-        let mut buffer = String::new();
+        // (the subscriber shares the machine with the server: it reads only the `id:`
+        // lines, in place, and notes each epoch once)
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut last = None;
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else { return };
             let now = Instant::now();
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find('\n') {
-                let line: String = buffer.drain(..=end).collect();
-                if let Some(id) = line.strip_prefix("id:").and_then(|v| v.trim().parse::<u64>().ok()) {
+            buffer.extend_from_slice(&chunk);
+            let complete = buffer.iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
+            for line in buffer[..complete].split(|b| *b == b'\n') {
+                let id = line.strip_prefix(b"id:").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.trim().parse::<u64>().ok());
+                if let Some(id) = id.filter(|id| last != Some(*id)) {
+                    last = Some(id);
                     seen.lock().unwrap().entry(id).or_insert(now);
                 }
             }
+            buffer.drain(..complete);
         }
     });
 
@@ -160,6 +166,12 @@ pub async fn freshness(workload: &str, rows: &Arc<Vec<Row>>, rate: u64, workers:
     let latencies: Vec<Duration> = acks.iter().filter_map(|(e, acked)| arrived.get(e).map(|t| t.saturating_duration_since(*acked))).collect();
     if latencies.len() < acks.len() {
         bail!("{} of {} acknowledged batches never reached the subscriber", acks.len() - latencies.len(), acks.len());
+    }
+    // each batch's acknowledgement time, epoch and latency, to trace the tail
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        for ((e, acked), l) in acks.iter().zip(&latencies) {
+            eprintln!("batch acked_s={:.3} epoch={} latency_ms={:.1}", acked.duration_since(start).as_secs_f64(), e, l.as_secs_f64() * 1000.0);
+        }
     }
     subscriber.abort();
     running.stop().await?;

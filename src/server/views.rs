@@ -1,6 +1,5 @@
 //! Views over HTTP: create, list, read (JSON or CSV), drop, and subscribe (SSE).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -9,7 +8,7 @@ use axum::extract::{Extension, Path, Query, State};
 
 use crate::auth::Principal;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
@@ -17,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json_};
 use tokio::sync::broadcast::error::RecvError;
 use weir_engine::catalog::ViewDefinition;
-use weir_engine::json::row_to_json;
+use weir_engine::json::{row_to_json, write_row_json};
 use weir_engine::schema::Column;
 use weir_engine::store::{EpochChanges, LiveView, Start, Subscription, ViewInfo};
 use weir_engine::value::Row;
@@ -183,66 +182,104 @@ pub async fn subscribe(State(app): State<AppState>, Extension(principal): Extens
     let events = events.take_until(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     });
-    Ok(Sse::new(events.map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response())
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(events.map(Ok::<_, Infallible>))).into_response())
 }
 
-fn snapshot_event(columns: &[Column], epoch: u64, rows: &[Row], scope: &Option<Scope>) -> SseEvent {
-    let rows: Vec<Json_> = rows.iter().filter(|r| keep(scope, r)).map(|r| row_to_json(columns, r)).collect();
-    SseEvent::default().event("snapshot").id(epoch.to_string()).data(json!({ "epoch": epoch, "rows": rows }).to_string())
+/// Appends one Server-Sent Event: its `event:` and `id:` lines, `data:` (one line of
+/// JSON, which `data` writes), and the blank line that ends it.
+fn sse_event(out: &mut Vec<u8>, event: &str, id: Option<u64>, data: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    if let Some(id) = id {
+        out.extend_from_slice(format!("\nid: {id}").as_bytes());
+    }
+    out.extend_from_slice(b"\ndata: ");
+    data(out);
+    out.extend_from_slice(b"\n\n");
 }
 
-fn change_events(columns: &[Column], changes: &EpochChanges, out: &mut VecDeque<SseEvent>, scope: &Option<Scope>) {
+fn snapshot_event(out: &mut Vec<u8>, columns: &[Column], epoch: u64, rows: &[Row], scope: &Option<Scope>) {
+    sse_event(out, "snapshot", Some(epoch), |out| {
+        out.extend_from_slice(format!("{{\"epoch\":{epoch},\"rows\":[").as_bytes());
+        for (i, row) in rows.iter().filter(|r| keep(scope, r)).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_row_json(out, columns, row);
+        }
+        out.extend_from_slice(b"]}");
+    });
+}
+
+/// Appends an epoch's changes, one `change` event per row and unit of its difference.
+fn change_events(out: &mut Vec<u8>, columns: &[Column], changes: &EpochChanges, scope: &Option<Scope>) {
+    let epoch = changes.epoch;
     for (row, diff) in changes.changes.iter().filter(|(r, _)| keep(scope, r)) {
-        let data = json!({ "epoch": changes.epoch, "diff": diff.signum(), "row": row_to_json(columns, row) }).to_string();
-        for _ in 0..diff.unsigned_abs() {
-            out.push_back(SseEvent::default().event("change").id(changes.epoch.to_string()).data(data.clone()));
+        let start = out.len();
+        sse_event(out, "change", Some(epoch), |out| {
+            out.extend_from_slice(format!("{{\"epoch\":{epoch},\"diff\":{},\"row\":", diff.signum()).as_bytes());
+            write_row_json(out, columns, row);
+            out.push(b'}');
+        });
+        for _ in 1..diff.unsigned_abs() {
+            out.extend_from_within(start..);
         }
     }
 }
 
-fn reset_event(reason: &str, requested: Option<u64>, epoch: u64) -> SseEvent {
-    SseEvent::default().event("reset").data(json!({ "reason": reason, "requested": requested, "epoch": epoch }).to_string())
+fn reset_event(out: &mut Vec<u8>, reason: &str, requested: Option<u64>, epoch: u64) {
+    sse_event(out, "reset", None, |out| out.extend_from_slice(json!({ "reason": reason, "requested": requested, "epoch": epoch }).to_string().as_bytes()));
 }
 
-fn start_events(columns: &[Column], start: Start, scope: &Option<Scope>) -> VecDeque<SseEvent> {
-    let mut out = VecDeque::new();
+fn start_events(columns: &[Column], start: Start, scope: &Option<Scope>) -> Vec<u8> {
+    let mut out = Vec::new();
     match start {
-        Start::Snapshot { epoch, rows } => out.push_back(snapshot_event(columns, epoch, &rows, scope)),
+        Start::Snapshot { epoch, rows } => snapshot_event(&mut out, columns, epoch, &rows, scope),
         Start::Resume(changes) => {
             for c in &changes {
-                change_events(columns, c, &mut out, scope);
+                change_events(&mut out, columns, c, scope);
             }
         }
         Start::Reset { requested, epoch, rows } => {
-            out.push_back(reset_event("the requested epoch is no longer retained; discard your copy and use the snapshot that follows", Some(requested), epoch));
-            out.push_back(snapshot_event(columns, epoch, &rows, scope));
+            reset_event(&mut out, "the requested epoch is no longer retained; discard your copy and use the snapshot that follows", Some(requested), epoch);
+            snapshot_event(&mut out, columns, epoch, &rows, scope);
         }
     }
     out
 }
 
-/// The subscription as SSE events. The view is held weakly, so that dropping the view
-/// ends the stream; a subscriber that falls too far behind is sent a fresh snapshot.
-fn change_stream(sub: Subscription, view: Weak<LiveView>, columns: Arc<Vec<Column>>, scope: Option<Scope>) -> impl Stream<Item = SseEvent> {
-    let pending = start_events(&columns, sub.start, &scope);
-    futures::stream::unfold((sub.changes, view, columns, pending, scope), |(mut rx, view, columns, mut pending, scope)| async move {
+/// How long a quiet stream waits before a keep-alive comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The subscription as the text of SSE events, one chunk per epoch (all of its changes
+/// written together: one write instead of one per change). The view is held weakly, so
+/// that dropping the view ends the stream; a subscriber that falls too far behind is
+/// sent a fresh snapshot.
+fn change_stream(sub: Subscription, view: Weak<LiveView>, columns: Arc<Vec<Column>>, scope: Option<Scope>) -> impl Stream<Item = Bytes> {
+    let first = start_events(&columns, sub.start, &scope);
+    futures::stream::unfold((sub.changes, view, columns, Some(first), scope), |(mut rx, view, columns, mut first, scope)| async move {
+        if let Some(first) = first.take().filter(|f| !f.is_empty()) {
+            return Some((Bytes::from(first), (rx, view, columns, None, scope)));
+        }
+        let mut out = Vec::new();
         loop {
-            if let Some(event) = pending.pop_front() {
-                return Some((event, (rx, view, columns, pending, scope)));
-            }
-            match rx.recv().await {
-                Ok(changes) => change_events(&columns, &changes, &mut pending, &scope),
-                Err(RecvError::Lagged(_)) => {
+            match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+                Err(_) => out.extend_from_slice(b":\n\n"),
+                Ok(Ok(changes)) => change_events(&mut out, &columns, &changes, &scope),
+                Ok(Err(RecvError::Lagged(_))) => {
                     let view_now = view.upgrade()?;
                     let sub = view_now.subscribe(None);
                     std::mem::drop(view_now);
                     rx = sub.changes;
                     if let Start::Snapshot { epoch, rows } = sub.start {
-                        pending.push_back(reset_event("the subscriber fell behind; discard your copy and use the snapshot that follows", None, epoch));
-                        pending.push_back(snapshot_event(&columns, epoch, &rows, &scope));
+                        reset_event(&mut out, "the subscriber fell behind; discard your copy and use the snapshot that follows", None, epoch);
+                        snapshot_event(&mut out, &columns, epoch, &rows, &scope);
                     }
                 }
-                Err(RecvError::Closed) => return None,
+                Ok(Err(RecvError::Closed)) => return None,
+            }
+            if !out.is_empty() {
+                return Some((Bytes::from(out), (rx, view, columns, None, scope)));
             }
         }
     })
