@@ -1094,6 +1094,12 @@ fn prepare(steps: &[RowStep], row: &Row) -> Option<Row> {
     for step in steps {
         let current = owned.as_ref().unwrap_or(row);
         match step {
+            // (a projection copies the columns it takes, without evaluating expressions)
+            RowStep::Map { columns: Some(columns), capacity, .. } => {
+                let mut row = Vec::with_capacity((*capacity).max(columns.len()));
+                row.extend(columns.iter().map(|c| current[*c].clone()));
+                owned = Some(row);
+            }
             RowStep::Map { exprs, capacity, .. } => owned = Some(RowStep::map(exprs, current, *capacity)),
             RowStep::Filter(p) => {
                 if !p.passes(current) {
