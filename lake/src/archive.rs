@@ -253,9 +253,10 @@ impl Archive {
                     Some(Value::Timestamp(t)) => *t,
                     _ => 0,
                 };
+                let d = ts.div_euclid(DAY_MS);
                 let date = match &day {
-                    Some((d, date)) if *d == ts.div_euclid(DAY_MS) => date.clone(),
-                    _ => day.insert((ts.div_euclid(DAY_MS), Value::str(&utc_date(ts)))).1.clone(),
+                    Some((at, date)) if *at == d => date.clone(),
+                    _ => day.insert((d, Value::str(&utc_date(ts)))).1.clone(),
                 };
                 rows.push(row.iter().cloned().chain([Value::Int(record.epoch as i64), Value::Int(seq as i64), date]).collect());
                 if rows.len() == 65_536 {
