@@ -38,7 +38,7 @@ use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate};
 use crate::schema::DataType;
 use crate::time::Epoch;
-use crate::value::{Row, Value};
+use crate::value::{cmp_values, sorted_by_prefix, Row, Value};
 
 /// Where an aggregate finds its input value for each event.
 #[derive(Clone, Debug, PartialEq)]
@@ -321,10 +321,13 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         // by group, then by inputs: each group's changes come out sorted, then consolidated
         // (without a key length, as in DISTINCT, there are no inputs: any empty slice will do)
         let inputs = groups.key_len.map_or(0..0, |k| k..k + width);
-        deferred.sort_unstable_by(|(i, a, _), (j, b, _)| i.cmp(j).then_with(|| a[inputs.clone()].cmp(&b[inputs.clone()])));
-        for run in deferred.chunk_by(|(i, _, _), (j, _, _)| i == j) {
-            let group = &mut groups.slab[run[0].0];
-            merge(group, width, run.iter().map(|(_, row, diff)| (&row[inputs.clone()], *diff)));
+        let order = sorted_by_prefix(&deferred, |(i, row, _)| (*i, &row[inputs.clone()]));
+        for run in order.chunk_by(|a, b| deferred[*a as usize].0 == deferred[*b as usize].0) {
+            let group = &mut groups.slab[deferred[run[0] as usize].0];
+            merge(group, width, run.iter().map(|n| {
+                let (_, row, diff) = &deferred[*n as usize];
+                (&row[inputs.clone()], *diff)
+            }));
         }
     }
     for (i, was_empty) in touched {
@@ -361,7 +364,7 @@ fn search(values: &[Value], counts: &[isize], width: usize, inputs: &[Value]) ->
     let (mut lo, mut hi) = (0, counts.len());
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        match values[mid * width..(mid + 1) * width].cmp(inputs) {
+        match cmp_values(&values[mid * width..(mid + 1) * width], inputs) {
             Ordering::Less => lo = mid + 1,
             Ordering::Greater => hi = mid,
             Ordering::Equal => return Ok(mid),
@@ -413,7 +416,7 @@ fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a
     for n in counts {
         let entry = &old.as_slice()[..width];
         // the changes before this entry are new entries
-        while changes.peek().is_some_and(|(inputs, _)| *inputs < entry) {
+        while changes.peek().is_some_and(|(inputs, _)| cmp_values(inputs, entry) == Ordering::Less) {
             if let Some((inputs, m)) = next_change(&mut changes)
                 && m != 0
             {
@@ -422,7 +425,7 @@ fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a
             }
         }
         let n = match changes.peek() {
-            Some((inputs, _)) if *inputs == entry => n + next_change(&mut changes).map_or(0, |(_, m)| m),
+            Some((inputs, _)) if cmp_values(inputs, entry) == Ordering::Equal => n + next_change(&mut changes).map_or(0, |(_, m)| m),
             _ => n,
         };
         if n != 0 {

@@ -29,7 +29,7 @@ use timely::dataflow::operators::{Capability, Operator};
 use crate::aggregate::{stash, Update};
 use crate::expr::{eval_all, Scalar};
 use crate::time::Epoch;
-use crate::value::{Row, Value};
+use crate::value::{sorted_by_prefix, Row, Value};
 
 /// A key's rows on one side: sorted, each with its count (never zero).
 struct Keyed {
@@ -105,8 +105,14 @@ impl Side {
     /// Merges the changes deferred for large keys (each key's changes sorted, equal rows
     /// summed, what cancels dropped) and forgets keys left without rows.
     fn merge_deferred(&mut self, deferred: &mut Vec<(usize, Row, isize)>) {
-        deferred.sort_unstable_by(|(i, a, _), (j, b, _)| i.cmp(j).then_with(|| a.cmp(b)));
-        let mut changes = deferred.drain(..).peekable();
+        let order = sorted_by_prefix(deferred, |(i, row, _)| (*i, row));
+        let mut changes = order
+            .iter()
+            .map(|n| {
+                let (i, row, diff) = &mut deferred[*n as usize];
+                (*i, std::mem::take(row), *diff)
+            })
+            .peekable();
         while let Some((i, row, diff)) = changes.next() {
             let old = std::mem::take(&mut self.slab[i].rows);
             let mut merged = Vec::with_capacity(old.len() + 1);
@@ -134,6 +140,8 @@ impl Side {
                 self.slab[i].rows = merged;
             }
         }
+        drop(changes);
+        deferred.clear();
     }
 
     fn remove(&mut self, i: usize) {

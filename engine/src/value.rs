@@ -75,6 +75,34 @@ impl Value {
         }
     }
 
+    /// A summary of the value's place in the order, as two integers that order as the
+    /// values do (`a < b` implies `a.prefix() <= b.prefix()`), and whether it is exact
+    /// (equal prefixes then mean equal values): exact for every type but strings (their
+    /// first 8 bytes), maps and lists. Sorting by it compares integers instead of values.
+    #[inline]
+    pub fn prefix(&self) -> ((u8, u64), bool) {
+        let signed = |i: i64| (i as u64) ^ (1 << 63);
+        match self {
+            Value::Null => ((0, 0), true),
+            Value::Bool(b) => ((1, u64::from(*b)), true),
+            Value::Int(i) => ((2, signed(*i)), true),
+            // the order of `f64::total_cmp`, as integers
+            Value::Float(f) => {
+                let bits = float_key(*f).to_bits() as i64;
+                ((3, signed(bits ^ (((bits >> 63) as u64) >> 1) as i64)), true)
+            }
+            Value::Str(s) => {
+                let mut first = [0u8; 8];
+                let n = s.len().min(8);
+                first[..n].copy_from_slice(&s.as_bytes()[..n]);
+                ((4, u64::from_be_bytes(first)), false)
+            }
+            Value::Timestamp(t) => ((5, signed(*t)), true),
+            Value::Map(_) => ((6, 0), false),
+            Value::List(_) => ((7, 0), false),
+        }
+    }
+
     /// The value as a float, for numeric values.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
@@ -161,6 +189,45 @@ impl Hash for Value {
     }
 }
 
+/// Compares two rows (or slices of them) as `Ord` does, with the common one-value case
+/// compared directly (the slice comparison is a loop that is not inlined).
+#[inline]
+pub fn cmp_values(a: &[Value], b: &[Value]) -> Ordering {
+    match (a, b) {
+        ([x], [y]) => x.cmp(y),
+        _ => a.cmp(b),
+    }
+}
+
+/// The order of `items` by `(group, values)` as `key` gives them (positions into
+/// `items`, equal keys in no particular order): sorted by each first value's
+/// [`Value::prefix`] as integers, and only runs whose prefixes tie (strings that share
+/// 8 bytes, equal first values of longer slices) by comparing values. (The operators
+/// sort an epoch's changes to their large groups this way before merging them in: with
+/// whole values compared, the sort was a quarter of Nexmark q7's dataflow thread.)
+pub fn sorted_by_prefix<T>(items: &[T], key: impl Fn(&T) -> (usize, &[Value])) -> Vec<u32> {
+    let mut order: Vec<(u64, u64, u32)> = items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let (group, values) = key(item);
+            let ((rank, bits), _) = values.first().map_or(((0, 0), true), Value::prefix);
+            (((group as u64) << 3) | u64::from(rank), bits, n as u32)
+        })
+        .collect();
+    order.sort_unstable();
+    let exact = |n: u32| {
+        let values = key(&items[n as usize]).1;
+        values.len() <= 1 && values.first().is_none_or(|v| v.prefix().1)
+    };
+    for run in order.chunk_by_mut(|a, b| a.0 == b.0 && a.1 == b.1) {
+        if run.len() > 1 && !exact(run[0].2) {
+            run.sort_unstable_by(|a, b| cmp_values(key(&items[a.2 as usize]).1, key(&items[b.2 as usize]).1));
+        }
+    }
+    order.into_iter().map(|(_, _, n)| n).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +256,54 @@ mod tests {
                 }
                 assert_eq!(a.clone() == *b, a == b);
             }
+        }
+    }
+
+    #[test]
+    fn sorting_by_prefix_agrees_with_sorting_by_the_order() {
+        let values = [
+            Value::Null,
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::Int(i64::MIN),
+            Value::Int(-1),
+            Value::Int(0),
+            Value::Int(7),
+            Value::Int(i64::MAX),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Float(-2.5),
+            Value::Float(-0.0),
+            Value::Float(0.0),
+            Value::Float(1e-300),
+            Value::Float(3.0),
+            Value::Float(f64::NAN),
+            Value::str(""),
+            Value::str("abcdefgh"),
+            Value::str("abcdefgh\0"),
+            Value::str("abcdefghij"),
+            Value::str("abcdefgz"),
+            Value::str("b"),
+            Value::Timestamp(-5),
+            Value::Timestamp(5),
+            Value::List(Arc::from(vec![Value::Int(2)])),
+            Value::List(Arc::from(vec![Value::Int(1), Value::Int(9)])),
+        ];
+        // (group, inputs) of one and of two values, each several times, in a scrambled order
+        let mut items: Vec<(usize, Vec<Value>)> = Vec::new();
+        for (n, v) in values.iter().enumerate().cycle().take(values.len() * 3) {
+            let group = (n * 7) % 3;
+            items.push((group, vec![v.clone()]));
+            items.push((group + 3, vec![v.clone(), values[(n * 5) % values.len()].clone()]));
+        }
+        items.rotate_left(17);
+        items.swap(3, 40);
+        let order = sorted_by_prefix(&items, |(group, values)| (*group, values.as_slice()));
+        let sorted: Vec<&(usize, Vec<Value>)> = order.iter().map(|n| &items[*n as usize]).collect();
+        let mut expected: Vec<&(usize, Vec<Value>)> = items.iter().collect();
+        expected.sort();
+        assert_eq!(sorted, expected);
+        for (a, b) in values.iter().zip(values.iter().skip(1)) {
+            assert!(a.prefix().0 <= b.prefix().0, "{a:?} ≤ {b:?} but its prefix is not");
         }
     }
 
