@@ -221,7 +221,8 @@ struct ViewRuntime {
     /// Where its changes go (the store's entry, made by the engine before the view).
     live: Option<Arc<LiveView>>,
     time: ViewTime,
-    /// One input per stream the view reads, in `ViewPlan::streams` order.
+    /// One input per chain of maps and filters the plan applies to a stream first (see
+    /// [`hoist`]); several may read one stream.
     inputs: Vec<ViewInput>,
     probe: ProbeHandle<Epoch>,
     output: Rc<RefCell<Vec<(Row, Epoch, isize)>>>,
@@ -658,10 +659,9 @@ fn create_view(
     let sink = output.clone();
     let dataflow = worker.next_dataflow_index();
     let consolidated = plan.root.changes_are_consolidated();
-    let count = sources.len();
-    let mut steps = vec![Vec::new(); count];
-    let root = keyed(&plan.root);
-    let root = hoist(&root, &scans(&root, count), &mut steps);
+    let mut hoisted = Vec::new();
+    let root = hoist(&keyed(&plan.root), &mut hoisted);
+    let count = hoisted.len();
     let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
         let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();
         let mut changes = build(&root, &collections, scope, &mut Vec::new());
@@ -679,11 +679,11 @@ fn create_view(
             .probe();
         (sessions, probe)
     });
-    let inputs = sources
+    let inputs = hoisted
         .into_iter()
         .zip(sessions)
-        .zip(steps)
-        .map(|((stream, session), steps)| {
+        .map(|(Hoisted { source, steps, .. }, session)| {
+            let stream = sources[source];
             let watermark = retained[stream].watermark;
             let expired_before = if watermark == i64::MIN { i64::MIN } else { watermark.saturating_sub(time.retention_ms) };
             ViewInput { stream, steps, session, expired_before }
@@ -1026,60 +1026,57 @@ fn chain(node: &Node) -> (Vec<RowStep>, &Node) {
     (steps, base)
 }
 
-/// How many times the plan reads each of its sources.
-fn scans(node: &Node, count: usize) -> Vec<usize> {
-    fn walk(node: &Node, counts: &mut [usize]) {
-        match node {
-            Node::Scan { source } => counts[*source] += 1,
-            Node::Map { input, .. } | Node::Filter { input, .. } | Node::Aggregate { input, .. } | Node::Distinct { input } | Node::Unnest { input, .. } => walk(input, counts),
-            Node::Join { left, right, .. } => {
-                walk(left, counts);
-                walk(right, counts);
-            }
-        }
-    }
-    let mut counts = vec![0; count];
-    walk(node, &mut counts);
-    counts
+/// One of a view's inputs: a stream's rows through a chain of maps and filters (maybe
+/// none) that the plan applies to them first. `node` is that part of the plan (the chain
+/// and its scan), which identifies the input.
+struct Hoisted {
+    node: Node,
+    source: usize,
+    steps: Vec<RowStep>,
 }
 
-/// The plan with each chain of maps and filters directly over a source the plan reads
-/// once taken out, into `steps` (per source, in the order they apply): the view's input
-/// applies them to each event as it takes it in, so that a filtered-out event is never
-/// copied and a projected one is copied only in part.
-fn hoist(node: &Node, scans: &[usize], steps: &mut [Vec<RowStep>]) -> Node {
+/// The plan with each chain of maps and filters directly over a source (and each bare
+/// read of one) taken out into an input of its own, which applies the chain to each event
+/// as it takes it in: a filtered-out event is never copied and a projected one is copied
+/// only in part, and a source the plan reads through two chains (Nexmark q7: the bids and
+/// their aggregate) is copied once per chain and only in part, rather than whole and then
+/// again for the second reader. Identical chains (a subtree the plan repeats) share an
+/// input, so that [`build`] still lowers the subtree once. The plan's scans then read
+/// the inputs (`Scan { source }` is `inputs[source]`).
+fn hoist(node: &Node, inputs: &mut Vec<Hoisted>) -> Node {
     match node {
-        Node::Map { .. } | Node::Filter { .. } => {
-            let (chain, base) = chain(node);
+        Node::Scan { .. } | Node::Map { .. } | Node::Filter { .. } => {
+            let (steps, base) = chain(node);
             match base {
-                Node::Scan { source } if scans[*source] == 1 => {
-                    steps[*source] = chain;
-                    Node::Scan { source: *source }
+                Node::Scan { source } => {
+                    let i = inputs.iter().position(|input| input.node == *node).unwrap_or_else(|| {
+                        inputs.push(Hoisted { node: node.clone(), source: *source, steps });
+                        inputs.len() - 1
+                    });
+                    Node::Scan { source: i }
                 }
-                Node::Scan { .. } => node.clone(),
                 _ => match node {
-                    Node::Map { input, exprs } => Node::Map { input: Box::new(hoist(input, scans, steps)), exprs: exprs.clone() },
-                    Node::Filter { input, predicate } => Node::Filter { input: Box::new(hoist(input, scans, steps)), predicate: predicate.clone() },
+                    Node::Map { input, exprs } => Node::Map { input: Box::new(hoist(input, inputs)), exprs: exprs.clone() },
+                    Node::Filter { input, predicate } => Node::Filter { input: Box::new(hoist(input, inputs)), predicate: predicate.clone() },
                     _ => unreachable!("a map or a filter"),
                 },
             }
         }
-        Node::Scan { .. } => node.clone(),
         Node::Aggregate { input, keys, aggregates } => {
-            let input = hoist(input, scans, steps);
+            let input = hoist(input, inputs);
             if let Node::Scan { source } = input
-                && let Some(RowStep::Map { capacity, .. }) = steps[source].last_mut()
+                && let Some(RowStep::Map { capacity, .. }) = inputs[source].steps.last_mut()
             {
                 // room for the aggregates: the row becomes its group's when it starts one
                 *capacity = (*capacity).max(keys.len() + aggregates.len());
             }
             Node::Aggregate { input: Box::new(input), keys: keys.clone(), aggregates: aggregates.clone() }
         }
-        Node::Distinct { input } => Node::Distinct { input: Box::new(hoist(input, scans, steps)) },
-        Node::Unnest { input, column, preserve_nulls } => Node::Unnest { input: Box::new(hoist(input, scans, steps)), column: *column, preserve_nulls: *preserve_nulls },
+        Node::Distinct { input } => Node::Distinct { input: Box::new(hoist(input, inputs)) },
+        Node::Unnest { input, column, preserve_nulls } => Node::Unnest { input: Box::new(hoist(input, inputs)), column: *column, preserve_nulls: *preserve_nulls },
         Node::Join { left, right, left_keys, right_keys, residual } => Node::Join {
-            left: Box::new(hoist(left, scans, steps)),
-            right: Box::new(hoist(right, scans, steps)),
+            left: Box::new(hoist(left, inputs)),
+            right: Box::new(hoist(right, inputs)),
             left_keys: left_keys.clone(),
             right_keys: right_keys.clone(),
             residual: residual.clone(),
@@ -1184,36 +1181,43 @@ mod tests {
         let slots = keyed_slots(keys, aggregates).expect("in keyed form");
         assert_eq!(slots[3], crate::aggregate::Slot::Column(1));
         // the map moves into the view's input, with room for the group's row
-        let mut steps = vec![Vec::new()];
-        let hoisted = hoist(&keyed_plan, &scans(&keyed_plan, 1), &mut steps);
+        let mut inputs = Vec::new();
+        let hoisted = hoist(&keyed_plan, &mut inputs);
         assert!(matches!(&hoisted, Node::Aggregate { input, .. } if **input == Node::Scan { source: 0 }));
-        let row = prepare(&steps[0], &vec![Value::str("a"), Value::Int(-4)]).expect("no filter drops it");
+        let steps = &inputs[0].steps;
+        let row = prepare(steps, &vec![Value::str("a"), Value::Int(-4)]).expect("no filter drops it");
         assert_eq!(row, vec![Value::str("a"), Value::Int(-4), Value::Null]);
         assert!(row.capacity() >= 5, "room for the key and the four aggregates");
-        assert_eq!(prepare(&steps[0], &vec![Value::str("a"), Value::Int(4)]), Some(vec![Value::str("a"), Value::Int(4), Value::Int(1)]));
+        assert_eq!(prepare(steps, &vec![Value::str("a"), Value::Int(4)]), Some(vec![Value::str("a"), Value::Int(4), Value::Int(1)]));
     }
 
     #[test]
-    fn maps_and_filters_over_a_source_read_once_move_into_the_input() {
+    fn each_chain_of_maps_and_filters_over_a_source_moves_into_an_input_of_its_own() {
         let keep_positive = Scalar::Binary(Box::new(Scalar::Column(0)), crate::expr::BinOp::Gt, Box::new(Scalar::Literal(Value::Int(0))));
         let filtered = |source| Node::Filter { input: Box::new(Node::Scan { source }), predicate: keep_positive.clone() };
         let projected = |source| Node::Map { input: Box::new(filtered(source)), exprs: vec![Scalar::Column(1)] };
-        // read once: the whole chain moves into the input, in the order it applies
-        let mut steps = vec![Vec::new()];
-        assert_eq!(hoist(&projected(0), &scans(&projected(0), 1), &mut steps), Node::Scan { source: 0 });
-        assert_eq!(steps[0].len(), 2);
-        assert_eq!(prepare(&steps[0], &vec![Value::Int(3), Value::str("a")]), Some(vec![Value::str("a")]));
-        assert_eq!(prepare(&steps[0], &vec![Value::Int(-3), Value::str("a")]), None);
-        // read twice (a self-join): the plan stays as it is
-        let join = Node::Join { left: Box::new(projected(0)), right: Box::new(filtered(0)), left_keys: vec![Scalar::Column(0)], right_keys: vec![Scalar::Column(1)], residual: None };
-        let mut steps = vec![Vec::new()];
-        assert_eq!(hoist(&join, &scans(&join, 1), &mut steps), join);
-        assert!(steps[0].is_empty());
-        // over two sources, each read once, under an aggregate: both chains move
-        let join = Node::Join { left: Box::new(projected(0)), right: Box::new(filtered(1)), left_keys: vec![Scalar::Column(0)], right_keys: vec![Scalar::Column(1)], residual: None };
-        let mut steps = vec![Vec::new(), Vec::new()];
-        let hoisted = hoist(&join, &scans(&join, 2), &mut steps);
-        assert!(matches!(hoisted, Node::Join { left, right, .. } if *left == Node::Scan { source: 0 } && *right == Node::Scan { source: 1 }));
-        assert_eq!((steps[0].len(), steps[1].len()), (2, 1));
+        let scan = |source| Node::Scan { source };
+        let join = |left: Node, right: Node| Node::Join { left: Box::new(left), right: Box::new(right), left_keys: vec![Scalar::Column(0)], right_keys: vec![Scalar::Column(0)], residual: None };
+        // the whole chain moves into the input, in the order it applies
+        let mut inputs = Vec::new();
+        assert_eq!(hoist(&projected(0), &mut inputs), scan(0));
+        assert_eq!((inputs.len(), inputs[0].source, inputs[0].steps.len()), (1, 0, 2));
+        assert_eq!(prepare(&inputs[0].steps, &vec![Value::Int(3), Value::str("a")]), Some(vec![Value::str("a")]));
+        assert_eq!(prepare(&inputs[0].steps, &vec![Value::Int(-3), Value::str("a")]), None);
+        // a source read through two chains (a self-join) and bare: an input for each
+        let mut inputs = Vec::new();
+        let hoisted = hoist(&join(join(projected(0), filtered(0)), scan(0)), &mut inputs);
+        assert_eq!(hoisted, join(join(scan(0), scan(1)), scan(2)));
+        let shape: Vec<(usize, usize)> = inputs.iter().map(|i| (i.source, i.steps.len())).collect();
+        assert_eq!(shape, vec![(0, 2), (0, 1), (0, 0)]);
+        // the same chain twice (a repeated subtree): one input, read twice
+        let mut inputs = Vec::new();
+        assert_eq!(hoist(&join(projected(0), projected(0)), &mut inputs), join(scan(0), scan(0)));
+        assert_eq!(inputs.len(), 1);
+        // two sources: an input for each, in the order the plan reads them
+        let mut inputs = Vec::new();
+        assert_eq!(hoist(&join(filtered(1), projected(0)), &mut inputs), join(scan(0), scan(1)));
+        let shape: Vec<(usize, usize)> = inputs.iter().map(|i| (i.source, i.steps.len())).collect();
+        assert_eq!(shape, vec![(1, 1), (0, 2)]);
     }
 }
