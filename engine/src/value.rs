@@ -215,7 +215,7 @@ pub fn sorted_by_prefix<T>(items: &[T], key: impl Fn(&T) -> (usize, &[Value])) -
             (((group as u64) << 3) | u64::from(rank), bits, n as u32)
         })
         .collect();
-    order.sort_unstable();
+    radix_sort(&mut order);
     let exact = |n: u32| {
         let values = key(&items[n as usize]).1;
         values.len() <= 1 && values.first().is_none_or(|v| v.prefix().1)
@@ -226,6 +226,49 @@ pub fn sorted_by_prefix<T>(items: &[T], key: impl Fn(&T) -> (usize, &[Value])) -
         }
     }
     order.into_iter().map(|(_, _, n)| n).collect()
+}
+
+/// Sorts keys `(major, minor, position)`, positions in increasing order among equal keys
+/// (as `sort_unstable` orders these triples): a least-significant-digit radix sort, a
+/// byte at a time, that skips the bytes every key shares (a sort's keys usually differ in
+/// a few low bytes: group positions, prices, times). Below a few hundred keys, a
+/// comparison sort. (Measured on Nexmark q7, whose epochs each sort ~9,000 keys: the
+/// comparison sort cost ~400 instructions a key.)
+fn radix_sort(keys: &mut Vec<(u64, u64, u32)>) {
+    if keys.len() < 512 {
+        keys.sort_unstable();
+        return;
+    }
+    let (mut any, mut all) = ((0u64, 0u64), (u64::MAX, u64::MAX));
+    for (major, minor, _) in keys.iter() {
+        (any.0, any.1, all.0, all.1) = (any.0 | major, any.1 | minor, all.0 & major, all.1 & minor);
+    }
+    let varying = (any.0 ^ all.0, any.1 ^ all.1);
+    let mut from = std::mem::take(keys);
+    let mut to = from.clone();
+    // bytes of the minor word first, least significant first, then the major word's
+    for (word, shift) in (0..8).map(|b| (1, 8 * b)).chain((0..8).map(|b| (0, 8 * b))) {
+        let varies = if word == 0 { varying.0 } else { varying.1 };
+        if (varies >> shift) & 0xff == 0 {
+            continue;
+        }
+        let digit = |k: &(u64, u64, u32)| ((if word == 0 { k.0 } else { k.1 } >> shift) & 0xff) as usize;
+        let mut offsets = [0usize; 256];
+        for k in &from {
+            offsets[digit(k)] += 1;
+        }
+        let mut start = 0;
+        for offset in offsets.iter_mut() {
+            (*offset, start) = (start, start + *offset);
+        }
+        for k in &from {
+            let d = digit(k);
+            to[offsets[d]] = *k;
+            offsets[d] += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+    }
+    *keys = from;
 }
 
 #[cfg(test)]
@@ -304,6 +347,23 @@ mod tests {
         assert_eq!(sorted, expected);
         for (a, b) in values.iter().zip(values.iter().skip(1)) {
             assert!(a.prefix().0 <= b.prefix().0, "{a:?} ≤ {b:?} but its prefix is not");
+        }
+    }
+
+    #[test]
+    fn the_radix_sort_orders_as_the_comparison_sort() {
+        let mut seed = 5u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 11
+        };
+        for (n, spread) in [(100, u64::MAX), (3000, u64::MAX), (3000, 1000), (5000, 3)] {
+            let mut keys: Vec<(u64, u64, u32)> = (0..n).map(|i| (next() % 4 << 3 | 2, next() % spread, i)).collect();
+            keys[7].1 = u64::MAX;
+            let mut expected = keys.clone();
+            expected.sort_unstable();
+            radix_sort(&mut keys);
+            assert_eq!(keys, expected, "{n} keys spread over {spread}");
         }
     }
 
