@@ -75,6 +75,11 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
 /// the first) and the sorted multiset of its inputs, flat: each entry is `width`
 /// consecutive values of `values` (the operator's width) and its count in `counts`,
 /// never zero. (One allocation for all of a group's inputs, not one per input.)
+///
+/// In a grouping whose aggregates are all running totals ([`Groups::summed`]), a group
+/// keeps no inputs: `values` is empty and `counts` holds its totals, its number of rows
+/// and then each aggregate's count of non-NULL inputs and integer sum (empty once the
+/// rows cancel, as the multiset would be).
 #[derive(Default)]
 struct Group {
     row: Row,
@@ -139,6 +144,14 @@ struct Groups {
     key_len: Option<usize>,
     /// How many input values follow the key in each input row.
     width: usize,
+    /// Whether every aggregate is a `count` or an integer `sum` (not DISTINCT): each group
+    /// then keeps running totals instead of its inputs. A change is an addition to the
+    /// totals instead of a search and a move in the group's sorted inputs (or a merge:
+    /// `engine-hop`'s groups hold tens of values each), the aggregates are the totals
+    /// instead of a walk over the inputs, and a group holds a few integers whatever
+    /// its number of rows. (Integer sums are exact whatever the order of the changes;
+    /// float sums are not, nor are min and max without the inputs once one is retracted.)
+    summed: bool,
     table: hashbrown::HashTable<(u64, usize)>,
     slab: Slab<Group>,
     /// Beside the slab: whether the epoch being applied has touched the group yet.
@@ -150,8 +163,9 @@ struct Groups {
 }
 
 impl Groups {
-    fn new(key_len: Option<usize>, width: usize) -> Groups {
-        Groups { key_len, width, ..Groups::default() }
+    fn new(key_len: Option<usize>, width: usize, aggregates: &[(Aggregate, Slot)]) -> Groups {
+        let summed = !aggregates.is_empty() && aggregates.iter().all(|(a, _)| !a.distinct && (a.func == AggFunc::Count || (a.func == AggFunc::Sum && a.output == DataType::Int)));
+        Groups { key_len, width, summed, ..Groups::default() }
     }
 
     fn key_len(&self, row: &[Value]) -> usize {
@@ -166,18 +180,23 @@ impl Groups {
 
     /// Makes a group of the update's row: its key stays as the group's row, its inputs
     /// become the group's one entry (and any values after them are dropped).
-    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize) -> usize {
+    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> usize {
         let i = self.free.pop().unwrap_or_else(|| {
             self.slab.push(Group::default());
             self.touched.push(false);
             self.slab.len() - 1
         });
         let group = &mut self.slab[i];
-        // (room for a second entry, as a vector's first push would leave: most groups get one)
-        group.values.reserve_exact(2 * self.width);
-        group.values.extend(row.drain(k..k + self.width));
-        group.counts.reserve_exact(2);
-        group.counts.push(diff);
+        if self.summed {
+            group.counts.resize(1 + 2 * aggregates.len(), 0);
+            add(&mut group.counts, aggregates, &row[k..], diff);
+        } else {
+            // (room for a second entry, as a vector's first push would leave: most groups get one)
+            group.values.reserve_exact(2 * self.width);
+            group.values.extend(row.drain(k..k + self.width));
+            group.counts.reserve_exact(2);
+            group.counts.push(diff);
+        }
         row.truncate(k);
         group.row = row;
         self.table.insert_unique(hash, (hash, i), |(h, _)| *h);
@@ -206,7 +225,8 @@ impl Grouping {
     /// Groups of keys of `key_len` values, computing these aggregates.
     pub fn new(key_len: usize, aggregates: &[Aggregate]) -> Grouping {
         let (inputs, slots) = inputs(aggregates);
-        Grouping { groups: Groups::new(Some(key_len), inputs.len()), aggregates: aggregates.iter().cloned().zip(slots).collect() }
+        let aggregates: Vec<(Aggregate, Slot)> = aggregates.iter().cloned().zip(slots).collect();
+        Grouping { groups: Groups::new(Some(key_len), inputs.len(), &aggregates), aggregates }
     }
 
     /// Applies one epoch's updates, rows `key ++ inputs` (inputs as [`inputs`] lays them
@@ -244,7 +264,7 @@ where
         .unary_frontier::<CapacityContainerBuilder<Vec<(Row, Epoch, isize)>>, _, _, _>(pact, "Aggregate", move |_, _| {
             // each epoch's updates, in the containers they came in
             let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<Update>>)> = BTreeMap::new();
-            let mut groups = Groups::new(key_len, width);
+            let mut groups = Groups::new(key_len, width, &aggregates);
             move |(input, frontier), output| {
                 input.for_each(|cap, updates| stash(&mut pending, &cap, updates, |c| (c, Vec::new()), |(_, containers)| containers));
                 // apply every epoch the frontier has passed, in order
@@ -301,7 +321,7 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let k = groups.key_len(&row);
         let hash = groups.hasher.hash_one(&row[..k]);
         let Some(i) = groups.find(hash, &row[..k]) else {
-            let i = groups.insert(hash, row, k, diff);
+            let i = groups.insert(hash, row, k, diff, aggregates);
             groups.touched[i] = true;
             touched.push((i, true));
             continue;
@@ -311,7 +331,15 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             touched.push((i, groups.slab[i].counts.is_empty()));
         }
         let group = &mut groups.slab[i];
-        if group.counts.len() < IN_PLACE {
+        if groups.summed {
+            if group.counts.is_empty() {
+                group.counts.resize(1 + 2 * aggregates.len(), 0);
+            }
+            add(&mut group.counts, aggregates, &row[k..], diff);
+            if group.counts[0] == 0 {
+                group.counts.clear();
+            }
+        } else if group.counts.len() < IN_PLACE {
             change(group, width, row, k, diff);
         } else {
             deferred.push((i, row, diff));
@@ -345,7 +373,11 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         }
         let now = &mut groups.scratch;
         now.clear();
-        now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
+        if groups.summed {
+            now.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed(a, group.counts[1 + 2 * j], group.counts[2 + 2 * j])));
+        } else {
+            now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
+        }
         if was_empty {
             group.row.extend_from_slice(now);
             emit(group.row.clone(), 1);
@@ -355,6 +387,36 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             group.row.extend_from_slice(now);
             emit(group.row.clone(), 1);
         }
+    }
+}
+
+/// Adds a change (`diff` times the row's inputs, after its key) to a group's running
+/// totals (see [`Group`]), with [`Totals`]' arithmetic: integer sums wrap, and an input
+/// that is not an integer counts without adding to the sum.
+#[inline]
+fn add(totals: &mut [isize], aggregates: &[(Aggregate, Slot)], inputs: &[Value], diff: isize) {
+    totals[0] += diff;
+    for (j, (_, slot)) in aggregates.iter().enumerate() {
+        let v = match slot {
+            Slot::Column(c) => &inputs[*c],
+            Slot::Constant(v) => v,
+        };
+        if !v.is_null() {
+            totals[1 + 2 * j] += diff;
+            if let Value::Int(x) = v {
+                totals[2 + 2 * j] = (totals[2 + 2 * j] as i64).wrapping_add(x.wrapping_mul(diff as i64)) as isize;
+            }
+        }
+    }
+}
+
+/// An aggregate of a grouping kept as running totals: a `count` is its count of
+/// non-NULL inputs; an integer `sum` is its sum, NULL without inputs.
+fn summed(a: &Aggregate, count: isize, sum: isize) -> Value {
+    match a.func {
+        AggFunc::Count => Value::Int(count as i64),
+        _ if count == 0 => Value::Null,
+        _ => Value::Int(sum as i64),
     }
 }
 
@@ -656,7 +718,7 @@ mod tests {
     #[test]
     fn a_group_without_inputs_counts_its_rows() {
         // DISTINCT: the whole row is the key, and each group has one entry, of no values
-        let mut groups = Groups::new(None, 0);
+        let mut groups = Groups::new(None, 0, &[]);
         let mut out = Vec::new();
         apply(&mut groups, &[], vec![(row(&[1, 2]), 1), (row(&[1, 2]), 1), (row(&[3]), 1)], |r, d| out.push((r, d)));
         out.sort();
@@ -676,7 +738,7 @@ mod tests {
         // changing in place to merging within an epoch), some retracted in later epochs;
         // after every epoch the emitted rows add up to count and max recomputed from scratch
         let aggregates = count_and_max();
-        let mut groups = Groups::new(Some(1), 1);
+        let mut groups = Groups::new(Some(1), 1, &aggregates);
         let mut view: std::collections::BTreeMap<Row, isize> = Default::default();
         let mut all: std::collections::BTreeMap<(i64, i64), isize> = Default::default();
         let mut seed = 17u64;
@@ -755,9 +817,61 @@ mod tests {
     }
 
     #[test]
+    fn running_totals_agree_with_recomputing() {
+        // count(*), count(x), sum(x) by key, x sometimes NULL: kept as running totals; after
+        // every epoch (some retracting earlier rows) the emitted rows add up to the
+        // aggregates recomputed from scratch, and a group whose rows all cancel leaves
+        let aggregate = |func, arg, output| Aggregate { func, arg, distinct: false, filter: None, output };
+        let aggregates = vec![
+            (aggregate(AggFunc::Count, Scalar::Literal(Value::Int(1)), DataType::Int), Slot::Constant(Value::Int(1))),
+            (aggregate(AggFunc::Count, Scalar::Column(1), DataType::Int), Slot::Column(0)),
+            (aggregate(AggFunc::Sum, Scalar::Column(1), DataType::Int), Slot::Column(0)),
+        ];
+        let mut groups = Groups::new(Some(1), 1, &aggregates);
+        assert!(groups.summed);
+        let mut view: std::collections::BTreeMap<Row, isize> = Default::default();
+        let mut all: Vec<(i64, Option<i64>)> = Vec::new();
+        let mut seed = 23u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as i64
+        };
+        let input = |key: i64, x: Option<i64>| vec![Value::Int(key), x.map_or(Value::Null, Value::Int)];
+        for epoch in 0..12 {
+            let mut updates = Vec::new();
+            for _ in 0..(if epoch % 3 == 0 { 300 } else { 40 }) {
+                if !all.is_empty() && next() % 3 == 0 {
+                    let (key, x) = all.swap_remove(next() as usize % all.len());
+                    updates.push((input(key, x), -1));
+                } else {
+                    let (key, x) = (next() % 5, Some(next() % 100 - 50).filter(|x| x % 7 != 0));
+                    all.push((key, x));
+                    updates.push((input(key, x), 1));
+                }
+            }
+            // and a key whose rows come and go within the epoch
+            updates.push((input(9, Some(1)), 1));
+            updates.push((input(9, Some(1)), -1));
+            apply(&mut groups, &aggregates, updates, |r, d| *view.entry(r).or_default() += d);
+            view.retain(|_, d| *d != 0);
+            let mut expected: std::collections::BTreeMap<Row, isize> = Default::default();
+            for key in 0..5 {
+                let rows: Vec<Option<i64>> = all.iter().filter(|(k, _)| *k == key).map(|(_, x)| *x).collect();
+                if !rows.is_empty() {
+                    let present: Vec<i64> = rows.iter().flatten().copied().collect();
+                    let sum = if present.is_empty() { Value::Null } else { Value::Int(present.iter().sum()) };
+                    expected.insert(vec![Value::Int(key), Value::Int(rows.len() as i64), Value::Int(present.len() as i64), sum], 1);
+                }
+            }
+            assert_eq!(view, expected, "after epoch {epoch}");
+            assert_eq!(groups.table.len(), expected.len());
+        }
+    }
+
+    #[test]
     fn a_group_emits_its_old_row_and_its_new_one_and_leaves_when_emptied() {
         let aggregates = count_and_max();
-        let mut groups = Groups::new(Some(1), 1);
+        let mut groups = Groups::new(Some(1), 1, &aggregates);
         let mut out = Vec::new();
         apply(&mut groups, &aggregates, vec![(row(&[7, 4]), 1), (row(&[7, 2]), 1), (row(&[8, 1]), 1)], |r, d| out.push((r, d)));
         out.sort();
