@@ -26,6 +26,10 @@ use crate::time::{parse_duration_ms, Epoch};
 use crate::wal::{Entry, Record, Wal};
 use crate::archive::{ArchiveSource, Epochs, Progress};
 
+/// How many recovered events go to the views in one epoch at a restart (see
+/// `Engine::open`).
+const RECOVERY_SLICE: usize = 100_000;
+
 /// What the engine needs to start.
 pub struct EngineConfig {
     /// Where the log and the catalog live.
@@ -165,6 +169,22 @@ impl Engine {
             recovered[u] = state.ledger.rows().map(|(row, ts, n)| Event { row, ts, late_by: 0, weight: n as isize }).collect();
         }
         let last_epoch = state.last_epoch;
+        // The recovered events go to the views once they are installed, a slice at a time,
+        // each slice an epoch of its own after the log's last (the gate goes on after
+        // them): the dataflow computes a slice while the store takes the one before, where
+        // one epoch of every event had the store wait for the whole dataflow, and held
+        // every intermediate of the whole log at once (measured in docs/benchmarks.md).
+        let mut slices: Vec<Batch> = Vec::new();
+        for (i, events) in recovered.into_iter().enumerate() {
+            let mut events = events.into_iter().peekable();
+            while events.peek().is_some() {
+                let epoch = last_epoch + 1 + slices.len() as Epoch;
+                let slice: Vec<Event> = events.by_ref().take(RECOVERY_SLICE).collect();
+                slices.push(Batch { epoch, stream: i, events: slice, watermark: state.watermarks[i] });
+            }
+        }
+        let recovered_through = last_epoch + slices.len() as Epoch;
+        state.last_epoch = recovered_through;
 
         let store = Arc::new(ViewStore::default());
         let (dataflow_tx, dataflow_rx) = std::sync::mpsc::channel();
@@ -175,15 +195,6 @@ impl Engine {
                 .name("weir-dataflow".into())
                 .spawn(move || run_worker(workers, streams, store, dataflow_rx, last_epoch))
                 .map_err(|e| Error::io("starting the dataflow thread", e))?;
-        }
-        let batches: Vec<Batch> = recovered
-            .into_iter()
-            .enumerate()
-            .filter(|(_, events)| !events.is_empty())
-            .map(|(i, events)| Batch { epoch: last_epoch, stream: i, events, watermark: state.watermarks[i] })
-            .collect();
-        if !batches.is_empty() {
-            dataflow_tx.send(Command::Ingest { epoch: last_epoch, batches }).map_err(|_| Error::ShuttingDown)?;
         }
 
         let (archive_tx, archive_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -220,6 +231,9 @@ impl Engine {
         for def in stored {
             engine.install(def, false).await?;
         }
+        for slice in slices {
+            engine.send(Command::Ingest { epoch: slice.epoch, batches: vec![slice] })?;
+        }
         engine.store.insert(ViewInfo {
             name: ANOMALIES.into(),
             sql: "-- built in: the scores of every anomaly detector".into(),
@@ -229,18 +243,20 @@ impl Engine {
             retention_ms: i64::MAX,
             from_config: true,
         })
-        .publish_changes(last_epoch, Vec::new());
+        .publish_changes(recovered_through, Vec::new());
+        // Be complete before serving: every view reflects everything recovered (and the
+        // detectors start from complete views, as they would have before the restart).
+        for view in engine.store.list() {
+            while !view.wait_for(recovered_through, std::time::Duration::from_secs(60)).await {
+                tracing::info!(view = %view.info.name, "still replaying the log into the view");
+            }
+            view.seal_initial_contents(recovered_through);
+        }
         for def in detectors {
             engine.start_detector(def, true).await.map_err(|e| Error::Config(format!("a detector in the configuration: {e}")))?;
         }
         for def in load_detectors(&data_dir)? {
             engine.start_detector(def, false).await?;
-        }
-        // Be complete before serving: every view reflects everything recovered.
-        for view in engine.store.list() {
-            while !view.wait_for(last_epoch, std::time::Duration::from_secs(60)).await {
-                tracing::info!(view = %view.info.name, "still replaying the log into the view");
-            }
         }
         Ok(engine)
     }

@@ -207,6 +207,18 @@ impl LiveView {
         Subscription { start, changes }
     }
 
+    /// Makes everything published through `epoch` the view's initial contents: no
+    /// subscriber resumes from an epoch before it, and the changes that built it are not
+    /// kept to resume with. (A restart publishes the recovered events in several epochs
+    /// after the log's last: they are not changes that a subscriber from before the
+    /// restart, which already has their rows, could apply.)
+    pub fn seal_initial_contents(&self, epoch: Epoch) {
+        let mut state = self.lock();
+        state.history.clear();
+        state.history_rows = 0;
+        state.history_floor = state.history_floor.max(epoch.min(state.epoch));
+    }
+
     /// Applies one epoch's changes (for views maintained outside the dataflow).
     pub fn publish_changes(&self, epoch: Epoch, changes: Vec<(Row, isize)>) {
         self.publish(epoch, changes)

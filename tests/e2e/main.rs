@@ -316,11 +316,21 @@ async fn expired_log_segments_are_deleted_and_a_restart_is_still_exact() {
     assert_eq!(before["rows"].as_array().unwrap().len(), 22, "{before}");
     let segments = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
     assert!(segments <= 15, "{segments} segments remain of an hour of ~2 KiB commits");
+    let mut sse = SseReader::open(&weir, "/v1/views/per_minute/subscribe", None).await;
+    let seen = sse.next().await.id.expect("the snapshot's epoch");
+    drop(sse);
 
     weir.kill();
     let weir = Weir::start(dir.path(), &env);
     let after = weir.read("per_minute", 0).await;
     assert_eq!(after["rows"], before["rows"]);
+    // a subscriber from before the restart starts again from a snapshot: the recovered
+    // rows are not changes for it to apply a second time
+    let mut resumed = SseReader::open(&weir, "/v1/views/per_minute/subscribe", Some(&seen)).await;
+    assert_eq!(resumed.next().await.event, "reset");
+    let fresh = resumed.next().await;
+    assert_eq!(fresh.event, "snapshot");
+    assert_eq!(fresh.data["rows"].as_array().unwrap().len(), 22, "{}", fresh.data);
     // the restored watermark still judges lateness
     let (_, receipt) = weir.ingest("events", &[ev("acme", "2026-11-22T10:50:00Z", "click", 1.0)]).await;
     assert!(receipt["rejected"][0]["error"].as_str().unwrap().starts_with("late"), "{receipt}");
