@@ -661,6 +661,10 @@ fn create_view(
     let consolidated = plan.root.changes_are_consolidated();
     let mut hoisted = Vec::new();
     let root = hoist(&keyed(&plan.root), &mut hoisted);
+    if hoisted.is_empty() {
+        // (the planner refuses such plans; the view's inputs keep its time, so never build one)
+        return Err(Error::Sql("a view must read a stream".into()));
+    }
     let count = hoisted.len();
     let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
         let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();

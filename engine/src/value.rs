@@ -304,6 +304,7 @@ mod tests {
 
     #[test]
     fn sorting_by_prefix_agrees_with_sorting_by_the_order() {
+        // in increasing order
         let values = [
             Value::Null,
             Value::Bool(false),
@@ -328,8 +329,8 @@ mod tests {
             Value::str("b"),
             Value::Timestamp(-5),
             Value::Timestamp(5),
-            Value::List(Arc::from(vec![Value::Int(2)])),
             Value::List(Arc::from(vec![Value::Int(1), Value::Int(9)])),
+            Value::List(Arc::from(vec![Value::Int(2)])),
         ];
         // (group, inputs) of one and of two values, each several times, in a scrambled order
         let mut items: Vec<(usize, Vec<Value>)> = Vec::new();
