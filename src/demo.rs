@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use weir_engine::catalog::ViewDefinition;
 use weir_engine::ingest::Decoded;
 use weir_engine::schema::EVENTS;
-use weir_engine::value::Value;
+use weir_engine::value::{Text, Value};
 use weir_engine::{Engine, Error};
 
 /// The demo views.
@@ -112,11 +112,11 @@ pub async fn start(engine: Arc<Engine>, rate: u32, mut stop: watch::Receiver<boo
                         let ts = now - rng.random_range(0..2_000);
                         let value = if hi > lo { rng.random_range(lo..hi) } else { 1.0 };
                         let mut labels = vec![
-                            (Arc::from("region"), Arc::from(REGIONS[rng.random_range(0..REGIONS.len())])),
-                            (Arc::from("plan"), Arc::from(PLANS[rng.random_range(0..PLANS.len())])),
+                            (Text::from("region"), Text::from(REGIONS[rng.random_range(0..REGIONS.len())])),
+                            (Text::from("plan"), Text::from(PLANS[rng.random_range(0..PLANS.len())])),
                         ];
                         if kind == "error" {
-                            labels.push((Arc::from("service"), Arc::from(SERVICES[rng.random_range(0..SERVICES.len())])));
+                            labels.push((Text::from("service"), Text::from(SERVICES[rng.random_range(0..SERVICES.len())])));
                         }
                         let row = vec![Value::str(tenant), Value::Timestamp(ts), Value::str(kind), Value::Float((value * 100.0).round() / 100.0), Value::map(labels), Value::Null];
                         (i as u32 + 1, row)

@@ -36,7 +36,7 @@ pub fn rows_to_batch(columns: &[Column], rows: &[Row]) -> Result<RecordBatch> {
             }
             DataType::String => {
                 let mut b = StringBuilder::new();
-                values.for_each(|v| b.append_option(if let Value::Str(s) = v { Some(s.as_ref()) } else { None }));
+                values.for_each(|v| b.append_option(if let Value::Str(s) = v { Some(s.as_str()) } else { None }));
                 Arc::new(b.finish())
             }
             DataType::Timestamp => {

@@ -863,10 +863,10 @@ fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
         Node::Unnest { input, column, preserve_nulls } => {
             let (column, preserve_nulls) = (*column, *preserve_nulls);
             build(input, sources, scope, built).flat_map(move |row| {
-                let items: Arc<[Value]> = match &row[column] {
+                let items: Arc<Vec<Value>> = match &row[column] {
                     Value::List(items) => items.clone(),
-                    Value::Null if preserve_nulls => Arc::from([Value::Null]),
-                    _ => Arc::from([]),
+                    Value::Null if preserve_nulls => Arc::new(vec![Value::Null]),
+                    _ => Arc::new(Vec::new()),
                 };
                 // a copy of the row per item but the last, which takes the row itself
                 std::iter::repeat_n(row, items.len()).enumerate().map(move |(i, mut out)| {

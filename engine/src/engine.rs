@@ -23,6 +23,7 @@ use crate::quota::{Period, QuotaSettings, Quotas, QUOTA_USAGE, USAGE};
 use crate::schema::{Stream, EVENTS, REJECTED};
 use crate::store::{LiveView, ViewInfo, ViewStore};
 use crate::time::{parse_duration_ms, Epoch};
+use crate::value::Interner;
 use crate::wal::{Entry, Record, Wal};
 use crate::archive::{ArchiveSource, Epochs, Progress};
 
@@ -126,13 +127,17 @@ impl Engine {
         let mut unarchived: Vec<Vec<Record>> = Vec::new();
         let replay_streams = streams.clone();
         let mut replayed_events = false;
+        // the log holds each row's strings as its own copies: shared again, the retained
+        // events take a fraction of the memory (each tenant and kind once, not once per event)
+        let mut strings = Interner::new(1 << 16);
         let wal = tokio::task::block_in_place(|| {
             Wal::open(&wal_dir, segment_bytes, |entry| match entry {
                 // the oldest segment's checkpoint is the state replay starts from
                 Entry::Checkpoint(checkpoint) if !replayed_events => state.restore(&replay_streams, &checkpoint),
                 Entry::Checkpoint(_) => {}
-                Entry::Events(record) => {
+                Entry::Events(mut record) => {
                     replayed_events = true;
+                    record.rows.iter_mut().for_each(|row| strings.share(row));
                     state.last_epoch = state.last_epoch.max(record.epoch);
                     let Some(i) = replay_streams.iter().position(|s| s.name == record.stream) else {
                         unknown += record.rows.len();

@@ -19,7 +19,7 @@ use datafusion::logical_expr::{Expr, Operator};
 use crate::error::{Error, Result};
 use crate::schema::DataType;
 use crate::time::{format_rfc3339_ms, parse_rfc3339_ms};
-use crate::value::{Row, Value};
+use crate::value::{Row, Text, Value};
 
 /// A compiled scalar expression.
 #[derive(Clone, Debug, PartialEq)]
@@ -464,7 +464,7 @@ impl Scalar {
             },
             Scalar::Hop { slide_ms, size_ms, arg } => match arg.eval(row) {
                 Value::Timestamp(t) => {
-                    Value::List(crate::windows::hop_starts(t, *slide_ms, *size_ms).map(Value::Timestamp).collect())
+                    Value::List(Arc::new(crate::windows::hop_starts(t, *slide_ms, *size_ms).map(Value::Timestamp).collect()))
                 }
                 _ => Value::Null,
             },
@@ -523,8 +523,8 @@ fn binary(l: Value, op: BinOp, r: impl FnOnce() -> Value) -> Value {
                 BinOp::Gt => Bool(compare(&l, &r).is_gt()),
                 BinOp::GtEq => Bool(compare(&l, &r).is_ge()),
                 BinOp::Concat => match (&l, &r) {
-                    (Str(a), Str(b)) => Str(Arc::from(format!("{a}{b}"))),
-                    _ => Str(Arc::from(format!("{}{}", to_text(&l), to_text(&r)))),
+                    (Str(a), Str(b)) => Str(Text::from(format!("{a}{b}"))),
+                    _ => Str(Text::from(format!("{}{}", to_text(&l), to_text(&r)))),
                 },
                 _ => arithmetic(l, op, r),
             }
@@ -617,7 +617,7 @@ fn cast(v: Value, t: DataType) -> Value {
             .or_else(|| chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok().map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_millis()))
             .map(Timestamp)
             .unwrap_or(Null),
-        (v, DataType::String) => Str(Arc::from(to_text(&v))),
+        (v, DataType::String) => Str(Text::from(to_text(&v))),
         _ => Null,
     }
 }
@@ -627,8 +627,8 @@ fn call(f: Func, args: &[Scalar], row: &[Value]) -> Value {
     match f {
         Func::Lower | Func::Upper | Func::Length => match arg(0) {
             Value::Str(s) => match f {
-                Func::Lower => Value::Str(Arc::from(s.to_lowercase())),
-                Func::Upper => Value::Str(Arc::from(s.to_uppercase())),
+                Func::Lower => Value::Str(Text::from(s.to_lowercase())),
+                Func::Upper => Value::Str(Text::from(s.to_uppercase())),
                 _ => Value::Int(s.chars().count() as i64),
             },
             _ => Value::Null,
@@ -653,11 +653,11 @@ fn call(f: Func, args: &[Scalar], row: &[Value]) -> Value {
             for a in args {
                 s.push_str(&to_text(&a.eval(row)));
             }
-            Value::Str(Arc::from(s))
+            Value::Str(Text::from(s))
         }
         Func::GetField => match (arg(0), arg(1)) {
             (Value::Map(m), Value::Str(k)) => m
-                .binary_search_by(|(key, _)| key.as_ref().cmp(&k))
+                .binary_search_by(|(key, _)| key.as_str().cmp(&k))
                 .map(|i| Value::Str(m[i].1.clone()))
                 .unwrap_or(Value::Null),
             _ => Value::Null,

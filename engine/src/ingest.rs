@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::quota::{usage_row, Ledger, Metric, Quotas};
 use crate::schema::{Stream, REJECTED};
 use crate::time::{format_rfc3339_ms, now_ms, Epoch};
-use crate::value::{Row, Value};
+use crate::value::{Row, Text, Value};
 use crate::wal::{Checkpoint, Record, Wal};
 
 /// A line of input that was refused, with why.
@@ -76,11 +76,11 @@ pub struct GateState {
     /// Per stream, the largest event time accepted.
     pub watermarks: Vec<i64>,
     /// Per stream, accepted idempotency keys `(tenant, id)` with their event time.
-    pub ids: Vec<HashMap<(Arc<str>, Arc<str>), i64>>,
+    pub ids: Vec<HashMap<(Text, Text), i64>>,
     /// Usage per tenant, for quotas and the `usage` stream.
     pub ledger: Ledger,
     /// Usage not yet handed to the dataflow, by (tenant, minute, metric).
-    pending_usage: HashMap<(Arc<str>, i64, Metric), i64>,
+    pending_usage: HashMap<(Text, i64, Metric), i64>,
     last_usage_flush: i64,
     inserts_since_prune: usize,
 }
@@ -119,7 +119,7 @@ impl GateState {
 
     /// Counts usage of a tenant at `now`: in the ledger (for quotas, at once) and for the
     /// `usage` stream (handed to the dataflow at most every [`USAGE_FLUSH_MS`]).
-    fn count_usage(&mut self, tenant: &Arc<str>, now: i64, metric: Metric, n: i64) {
+    fn count_usage(&mut self, tenant: &Text, now: i64, metric: Metric, n: i64) {
         if n == 0 {
             return;
         }
@@ -129,7 +129,7 @@ impl GateState {
 
     /// Recounts the usage of a logged record of a metered stream (replay).
     pub fn count_logged_usage(&mut self, stream: &Stream, record: &Record) {
-        let mut per_tenant: HashMap<&Arc<str>, (i64, i64)> = HashMap::new();
+        let mut per_tenant: HashMap<&Text, (i64, i64)> = HashMap::new();
         for (i, row) in record.rows.iter().enumerate() {
             if let Some(Value::Str(tenant)) = row.get(stream.tenant) {
                 let u = per_tenant.entry(tenant).or_default();
@@ -227,7 +227,7 @@ impl GateState {
     }
 }
 
-fn id_key(s: &Stream, row: &Row) -> Option<(Arc<str>, Arc<str>)> {
+fn id_key(s: &Stream, row: &Row) -> Option<(Text, Text)> {
     match (&row[s.tenant], s.id.map(|i| &row[i])) {
         (Value::Str(t), Some(Value::Str(id))) => Some((t.clone(), id.clone())),
         _ => None,
@@ -281,13 +281,13 @@ struct Checked<'a> {
     duplicates: usize,
     refused: Vec<Rejection>,
     /// Per tenant: (events, bytes).
-    usage: Vec<(Arc<str>, u64, u64)>,
+    usage: Vec<(Text, u64, u64)>,
 }
 
 fn check<'a>(s: &Stream, stream: usize, state: &GateState, decoded: &'a Decoded) -> Checked<'a> {
     let mut out = Checked { fresh: Vec::with_capacity(decoded.rows.len()), duplicates: 0, refused: decoded.rejected.clone(), usage: Vec::new() };
     let mut seen = std::collections::HashSet::new();
-    let mut usage: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+    let mut usage: HashMap<Text, (u64, u64)> = HashMap::new();
     // rows are checked in order, each against the watermark the rows before it moved
     let mut watermark = state.watermarks[stream];
     for (i, (line, row)) in decoded.rows.iter().enumerate() {
@@ -381,7 +381,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
         // sizes of the accepted rows of metered streams, for the log
         let mut sizes: Vec<Vec<u32>> = vec![Vec::new(); streams.len()];
         // refused events per tenant, logged (rare; accepted usage is recounted from the records)
-        let mut refused_usage: HashMap<Arc<str>, i64> = HashMap::new();
+        let mut refused_usage: HashMap<Text, i64> = HashMap::new();
         let mut failed: Option<String> = None;
         for sub in &group {
             let s = &streams[sub.stream];

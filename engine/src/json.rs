@@ -83,8 +83,8 @@ mod tests {
             Value::Float(f64::NAN),
             Value::Bool(true),
             Value::Null,
-            Value::map(vec![(std::sync::Arc::from("k"), std::sync::Arc::from("v"))]),
-            Value::List(std::sync::Arc::from([Value::Int(1), Value::str("x")])),
+            Value::map(vec![(crate::value::Text::from("k"), crate::value::Text::from("v"))]),
+            Value::List(std::sync::Arc::new(vec![Value::Int(1), Value::str("x")])),
         ];
         let mut out = Vec::new();
         write_row_json(&mut out, &columns, &row);

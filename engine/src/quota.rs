@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::schema::{Column, DataType, Stream, TimePolicy};
-use crate::value::{Row, Value};
+use crate::value::{Row, Text, Value};
 
 /// The built-in usage stream.
 pub const USAGE: &str = "usage";
@@ -430,15 +430,15 @@ impl std::fmt::Display for Refusal {
 /// and each tenant's totals in the current window of every period.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
-    entries: BTreeMap<(i64, Arc<str>, Metric), i64>,
+    entries: BTreeMap<(i64, Text, Metric), i64>,
     /// Per tenant, per period: (window start, events, bytes).
-    current: HashMap<Arc<str>, [(i64, u64, u64); 4]>,
+    current: HashMap<Text, [(i64, u64, u64); 4]>,
     expired_before: i64,
 }
 
 impl Ledger {
     /// Records `n` of `metric` for `tenant` at `ts`.
-    pub fn add(&mut self, tenant: &Arc<str>, ts: i64, metric: Metric, n: i64) {
+    pub fn add(&mut self, tenant: &Text, ts: i64, metric: Metric, n: i64) {
         let minute = Period::Minute.start(ts);
         *self.entries.entry((minute, tenant.clone(), metric)).or_default() += n;
         if metric == Metric::Refused {
@@ -503,7 +503,7 @@ impl Ledger {
             return;
         }
         self.expired_before = cutoff;
-        self.entries = self.entries.split_off(&(cutoff, Arc::from(""), Metric::Events));
+        self.entries = self.entries.split_off(&(cutoff, Text::from(""), Metric::Events));
     }
 
     /// Every entry, as usage rows with their weight, for seeding the dataflow.
@@ -526,13 +526,13 @@ impl Ledger {
     /// Starts from a checkpoint's entries.
     pub fn restore(&mut self, entries: &[(String, i64, Metric, i64)]) {
         for (tenant, at, metric, n) in entries {
-            self.add(&Arc::from(tenant.as_str()), *at, *metric, *n);
+            self.add(&Text::from(tenant.as_str()), *at, *metric, *n);
         }
     }
 }
 
 /// A `usage` row: tenant, minute, metric.
-pub fn usage_row(tenant: &Arc<str>, minute: i64, metric: Metric) -> Row {
+pub fn usage_row(tenant: &Text, minute: i64, metric: Metric) -> Row {
     vec![Value::Str(tenant.clone()), Value::Timestamp(minute), Value::str(metric.name())]
 }
 
@@ -554,7 +554,7 @@ pub fn quota_usage_columns() -> Vec<Column> {
 
 /// Usage per tenant and period, read from the `usage_per_*` views: window start,
 /// events, bytes, refused.
-pub type WindowUsage = HashMap<(Arc<str>, Period), (i64, u64, u64, u64)>;
+pub type WindowUsage = HashMap<(Text, Period), (i64, u64, u64, u64)>;
 
 /// Reads a `usage_per_*` view's rows (tenant, window_start, events, bytes, refused)
 /// into `into`, keeping for each tenant the window holding `now`.
@@ -576,7 +576,7 @@ pub fn read_usage_rows(period: Period, rows: &[Row], now: i64, into: &mut Window
 /// The `quota_usage` rows: one per tenant and limit set for it, for tenants with an
 /// override or with usage in a current window.
 pub fn quota_usage_rows(settings: &QuotaSettings, usage: &WindowUsage, now: i64) -> Vec<Row> {
-    let mut tenants: Vec<Arc<str>> = settings.tenants.keys().map(|t| Arc::from(t.as_str())).collect();
+    let mut tenants: Vec<Text> = settings.tenants.keys().map(|t| Text::from(t.as_str())).collect();
     tenants.extend(usage.keys().map(|(t, _)| t.clone()));
     tenants.sort();
     tenants.dedup();
@@ -698,7 +698,7 @@ mod tests {
     fn hard_limits_refuse_whole_requests_with_the_time_to_reset() {
         let plan = Plan { events_per_minute: Some(10), bytes_per_day: Some(1000), ..Plan::default() };
         let mut ledger = Ledger::default();
-        let a: Arc<str> = Arc::from("a");
+        let a: Text = Text::from("a");
         let now = ms("2026-02-14T10:31:20Z");
         assert_eq!(ledger.check("a", &plan, now, 10, 100), None);
         ledger.add(&a, now, Metric::Events, 8);
@@ -745,7 +745,7 @@ mod tests {
     #[test]
     fn checkpoints_keep_totals_while_coarsening_old_minutes() {
         let mut ledger = Ledger::default();
-        let a: Arc<str> = Arc::from("a");
+        let a: Text = Text::from("a");
         let now = ms("2026-02-14T10:31:20Z");
         for i in 0..300 {
             ledger.add(&a, now - i * 60_000, Metric::Events, 2);

@@ -13,8 +13,13 @@ use serde::{Deserialize, Serialize};
 /// One row of a stream or a view, in schema column order.
 pub type Row = Vec<Value>;
 
-/// A string-to-string map, kept sorted by key so that equal maps compare equal.
-pub type LabelMap = Arc<[(Arc<str>, Arc<str>)]>;
+/// A shared, immutable string: one pointer wide (its length lives in the allocation), so
+/// that a [`Value`] is 16 bytes rather than the 24 a fat `Arc<str>` would make it.
+pub type Text = arcstr::ArcStr;
+
+/// A string-to-string map, kept sorted by key so that equal maps compare equal. (An
+/// `Arc<Vec<_>>` rather than an `Arc<[_]>` for the same reason as [`Text`].)
+pub type LabelMap = Arc<Vec<(Text, Text)>>;
 
 /// A single value of one of Weir's column types.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -28,33 +33,72 @@ pub enum Value {
     /// A 64-bit float. Ordered by IEEE 754 total order so it can be a key.
     Float(f64),
     /// A UTF-8 string.
-    Str(Arc<str>),
+    Str(Text),
     /// Milliseconds since the Unix epoch, UTC.
     Timestamp(i64),
     /// A string-to-string map, sorted by key.
     Map(LabelMap),
     /// A list, only inside a view's plan (e.g. the windows of `hop`, before `unnest`).
-    List(Arc<[Value]>),
+    List(Arc<Vec<Value>>),
+}
+
+/// One shared allocation per distinct string: tenants, kinds and label keys repeat
+/// across events, and rows whose strings share an allocation take less memory and
+/// compare faster (pointer equality) in the dataflow.
+pub struct Interner {
+    strings: hashbrown::HashSet<Text, foldhash::fast::RandomState>,
+    max: usize,
+}
+
+impl Interner {
+    /// Remembers at most `max` strings: most distinct strings are repeated values, and
+    /// unique ones (ids, URLs) would only fill the table, so it stops growing there.
+    pub fn new(max: usize) -> Interner {
+        Interner { strings: Default::default(), max }
+    }
+
+    /// The shared copy of `s`.
+    pub fn get(&mut self, s: &str) -> Text {
+        if let Some(shared) = self.strings.get(s) {
+            return shared.clone();
+        }
+        let new = Text::from(s);
+        if self.strings.len() < self.max {
+            self.strings.insert(new.clone());
+        }
+        new
+    }
+
+    /// Replaces the row's strings and its maps' keys and values by their shared copies.
+    pub fn share(&mut self, row: &mut Row) {
+        for value in row {
+            match value {
+                Value::Str(s) => *s = self.get(s),
+                Value::Map(pairs) => *pairs = Arc::new(pairs.iter().map(|(k, v)| (self.get(k), self.get(v))).collect()),
+                _ => {}
+            }
+        }
+    }
 }
 
 impl Value {
     /// Builds a string value.
     pub fn str(s: &str) -> Value {
-        Value::Str(Arc::from(s))
+        Value::Str(Text::from(s))
     }
 
     /// Builds a map value from unsorted pairs; later duplicates of a key win.
-    pub fn map(mut pairs: Vec<(Arc<str>, Arc<str>)>) -> Value {
+    pub fn map(mut pairs: Vec<(Text, Text)>) -> Value {
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         // keep the last occurrence of each key, as JSON object parsing does
-        let mut out: Vec<(Arc<str>, Arc<str>)> = Vec::with_capacity(pairs.len());
+        let mut out: Vec<(Text, Text)> = Vec::with_capacity(pairs.len());
         for pair in pairs {
             match out.last_mut() {
                 Some(last) if last.0 == pair.0 => *last = pair,
                 _ => out.push(pair),
             }
         }
-        Value::Map(out.into())
+        Value::Map(Arc::new(out))
     }
 
     /// True for SQL NULL.
@@ -134,7 +178,7 @@ impl PartialEq for Value {
             (Value::Bool(a), Value::Bool(b)) => a == b,
             (Value::Int(a), Value::Int(b)) => a == b,
             (Value::Float(a), Value::Float(b)) => float_key(*a).total_cmp(&float_key(*b)) == Ordering::Equal,
-            (Value::Str(a), Value::Str(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Value::Str(a), Value::Str(b)) => Text::ptr_eq(a, b) || a == b,
             (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
             (Value::Map(a), Value::Map(b)) => a == b,
             (Value::List(a), Value::List(b)) => a == b,
@@ -159,9 +203,9 @@ impl Ord for Value {
             (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
             (Value::Int(a), Value::Int(b)) => a.cmp(b),
             (Value::Float(a), Value::Float(b)) => float_key(*a).total_cmp(&float_key(*b)),
-            // rows share their strings' allocations (one Arc per distinct tenant, kind…
+            // rows share their strings' allocations (one per distinct tenant, kind…
             // from a batch), so equal strings are usually the same pointer
-            (Value::Str(a), Value::Str(b)) if Arc::ptr_eq(a, b) => Ordering::Equal,
+            (Value::Str(a), Value::Str(b)) if Text::ptr_eq(a, b) => Ordering::Equal,
             (Value::Str(a), Value::Str(b)) => a.cmp(b),
             (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
             (Value::Map(a), Value::Map(b)) => a.cmp(b),
@@ -276,6 +320,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_value_is_two_words() {
+        // every row is a vector of these: a third more per value would be a third more per row
+        assert_eq!(std::mem::size_of::<Value>(), 16);
+    }
+
+    #[test]
     fn equality_agrees_with_the_order_and_the_hash() {
         let values = [
             Value::Null,
@@ -287,8 +337,8 @@ mod tests {
             Value::str("ab"),
             Value::str("abc"),
             Value::Timestamp(3),
-            Value::map(vec![(Arc::from("k"), Arc::from("v"))]),
-            Value::List(Arc::from(vec![Value::Int(1)])),
+            Value::map(vec![(Text::from("k"), Text::from("v"))]),
+            Value::List(Arc::new(vec![Value::Int(1)])),
         ];
         for a in &values {
             for b in &values {
@@ -329,8 +379,8 @@ mod tests {
             Value::str("b"),
             Value::Timestamp(-5),
             Value::Timestamp(5),
-            Value::List(Arc::from(vec![Value::Int(1), Value::Int(9)])),
-            Value::List(Arc::from(vec![Value::Int(2)])),
+            Value::List(Arc::new(vec![Value::Int(1), Value::Int(9)])),
+            Value::List(Arc::new(vec![Value::Int(2)])),
         ];
         // (group, inputs) of one and of two values, each several times, in a scrambled order
         let mut items: Vec<(usize, Vec<Value>)> = Vec::new();
@@ -378,9 +428,9 @@ mod tests {
     #[test]
     fn maps_are_sorted_and_deduplicated() {
         let m = Value::map(vec![
-            (Arc::from("b"), Arc::from("1")),
-            (Arc::from("a"), Arc::from("2")),
-            (Arc::from("b"), Arc::from("3")),
+            (Text::from("b"), Text::from("1")),
+            (Text::from("a"), Text::from("2")),
+            (Text::from("b"), Text::from("3")),
         ]);
         let Value::Map(pairs) = m else { panic!("not a map") };
         let keys: Vec<_> = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();

@@ -123,7 +123,7 @@ pub async fn read(
 #[derive(Clone)]
 pub struct Scope {
     column: usize,
-    tenant: std::sync::Arc<str>,
+    tenant: weir_engine::value::Text,
 }
 
 /// The scope of a principal's reads of a view: none for an unscoped key; a
@@ -133,7 +133,7 @@ pub fn scope(principal: &Principal, view: &LiveView) -> Result<Option<Scope>, Ap
     let column = view.info.columns.iter().position(|c| c.name == "tenant").ok_or_else(|| {
         ApiError::new(StatusCode::FORBIDDEN, "tenant_scope", format!("the view {} has no tenant column, so a tenant-scoped key cannot read it", view.info.name))
     })?;
-    Ok(Some(Scope { column, tenant: std::sync::Arc::from(tenant.as_str()) }))
+    Ok(Some(Scope { column, tenant: weir_engine::value::Text::from(tenant.as_str()) }))
 }
 
 fn keep(scope: &Option<Scope>, row: &Row) -> bool {

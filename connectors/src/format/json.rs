@@ -4,13 +4,12 @@
 //! values of the declared types (timestamps as RFC 3339 strings or epoch
 //! milliseconds), defaults filled in. Fields the schema does not name are ignored.
 
-use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 use weir_engine::ingest::{Decoded, Rejection};
 use weir_engine::schema::{DataType, Stream};
 use weir_engine::time::parse_rfc3339_ms;
-use weir_engine::value::{Row, Value};
+use weir_engine::value::{Interner, Row, Text, Value};
 
 /// The most of a refused line that is kept in the `rejected` stream.
 const MAX_RAW: usize = 4096;
@@ -30,7 +29,7 @@ pub enum BodyError {
 pub fn decode_ndjson(stream: &Stream, body: &[u8]) -> Result<Decoded, BodyError> {
     let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
     let mut out = Decoded::default();
-    let interner = Interner::default();
+    let interner = RequestStrings::default();
     for (i, line) in text.lines().enumerate() {
         let line_no = (i + 1) as u32;
         let line = line.trim();
@@ -70,32 +69,21 @@ pub fn decode_json_array(stream: &Stream, body: &[u8]) -> Result<Decoded, BodyEr
 /// out why on the slow path); `Err` means the text is not JSON.
 struct RowSeed<'a> {
     stream: &'a Stream,
-    interner: &'a Interner,
+    interner: &'a RequestStrings,
 }
 
-/// One shared allocation per distinct string of a request: tenants, kinds and label
-/// keys repeat across its lines, and rows whose strings share an allocation also
-/// compare faster (pointer equality) in the dataflow.
-#[derive(Default)]
-struct Interner {
-    strings: std::cell::RefCell<std::collections::HashSet<Arc<str>>>,
+/// One shared allocation per distinct string of a request (see [`Interner`]).
+struct RequestStrings(std::cell::RefCell<Interner>);
+
+impl Default for RequestStrings {
+    fn default() -> RequestStrings {
+        RequestStrings(std::cell::RefCell::new(Interner::new(4096)))
+    }
 }
 
-impl Interner {
-    /// Most distinct strings of a request are repeated values; unique ones (ids, URLs)
-    /// would only fill the table, so it stops growing past this many.
-    const MAX: usize = 4096;
-
-    fn get(&self, s: &str) -> Arc<str> {
-        let mut strings = self.strings.borrow_mut();
-        if let Some(shared) = strings.get(s) {
-            return shared.clone();
-        }
-        let new: Arc<str> = Arc::from(s);
-        if strings.len() < Self::MAX {
-            strings.insert(new.clone());
-        }
-        new
+impl RequestStrings {
+    fn get(&self, s: &str) -> Text {
+        self.0.borrow_mut().get(s)
     }
 }
 
@@ -153,7 +141,7 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
 /// One field's value, of the column's type; `None` when it has another type.
 struct ValueSeed<'a> {
     data_type: DataType,
-    interner: &'a Interner,
+    interner: &'a RequestStrings,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed<'_> {
@@ -296,13 +284,13 @@ fn convert(json: &Json, t: DataType) -> Result<Value, String> {
         (DataType::Map, Json::Object(m)) => {
             let mut pairs = Vec::with_capacity(m.len());
             for (k, v) in m {
-                let v: Arc<str> = match v {
-                    Json::String(s) => Arc::from(s.as_str()),
-                    Json::Number(n) => Arc::from(n.to_string()),
-                    Json::Bool(b) => Arc::from(b.to_string()),
+                let v: Text = match v {
+                    Json::String(s) => Text::from(s.as_str()),
+                    Json::Number(n) => Text::from(n.to_string()),
+                    Json::Bool(b) => Text::from(b.to_string()),
                     _ => return Err(format!("label {k:?} must be a string, number or boolean")),
                 };
-                pairs.push((Arc::from(k.as_str()), v));
+                pairs.push((Text::from(k.as_str()), v));
             }
             Ok(Value::map(pairs))
         }
