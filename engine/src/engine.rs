@@ -118,7 +118,7 @@ impl Engine {
                 let Some(watermark) = watermark else { continue };
                 let rows = archive.load(s, first.last_epoch, watermark.saturating_sub(s.policy.retention_ms)).await?;
                 tracing::info!(stream = %s.name, rows = rows.len(), through_epoch = first.last_epoch, "recovering archived rows");
-                for row in &rows {
+                for row in rows {
                     recovered[i].push(state.admit(&streams, i, row));
                 }
             }
@@ -146,17 +146,18 @@ impl Engine {
                     if replay_streams[i].metered {
                         state.count_logged_usage(&replay_streams[i], &record);
                     }
-                    for row in &record.rows {
-                        if replay_streams[i].weighted {
-                            state.admit_usage(i, row);
-                        } else if row.len() == replay_streams[i].columns.len() {
-                            recovered[i].push(state.admit(&replay_streams, i, row));
-                        } else {
-                            unknown += 1;
-                        }
-                    }
                     // (rows of another schema of the stream are skipped by the archive too)
-                    if archive.is_some() && !replay_streams[i].weighted && record.epoch > progress.through(&record.stream) {
+                    let unarchived_record = archive.is_some() && !replay_streams[i].weighted && record.epoch > progress.through(&record.stream);
+                    if replay_streams[i].weighted {
+                        record.rows.iter().for_each(|row| state.admit_usage(i, row));
+                    } else {
+                        let columns = replay_streams[i].columns.len();
+                        unknown += record.rows.iter().filter(|row| row.len() != columns).count();
+                        // the rows move into the recovered events unless the archive still needs the record
+                        let rows = if unarchived_record { record.rows.clone() } else { std::mem::take(&mut record.rows) };
+                        recovered[i].extend(rows.into_iter().filter(|row| row.len() == columns).map(|row| state.admit(&replay_streams, i, row)));
+                    }
+                    if unarchived_record {
                         match unarchived.last_mut() {
                             Some(group) if group[0].epoch == record.epoch => group.push(record),
                             _ => unarchived.push(vec![record]),

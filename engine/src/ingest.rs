@@ -24,7 +24,7 @@ use crate::quota::{usage_row, Ledger, Metric, Quotas};
 use crate::schema::{Stream, REJECTED};
 use crate::time::{format_rfc3339_ms, now_ms, Epoch};
 use crate::value::{Row, Text, Value};
-use crate::wal::{Checkpoint, Record, Wal};
+use crate::wal::{Checkpoint, Record, RecordRef, Wal};
 
 /// A line of input that was refused, with why.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,7 +101,7 @@ impl GateState {
 
     /// Admits an already-accepted row (from the log, or just checked): moves the
     /// watermark, remembers the idempotency key, and says how late the row was.
-    pub fn admit(&mut self, streams: &[Stream], stream: usize, row: &Row) -> Event {
+    pub fn admit(&mut self, streams: &[Stream], stream: usize, row: Row) -> Event {
         let s = &streams[stream];
         let ts = match row[s.time] {
             Value::Timestamp(t) => t,
@@ -110,11 +110,11 @@ impl GateState {
         let watermark = &mut self.watermarks[stream];
         let late_by = if *watermark == i64::MIN { 0 } else { watermark.saturating_sub(ts).max(0) };
         *watermark = (*watermark).max(ts);
-        if let Some(key) = id_key(s, row) {
+        if let Some(key) = id_key(s, &row) {
             self.ids[stream].insert(key, ts);
             self.inserts_since_prune += 1;
         }
-        Event { row: row.clone(), ts, late_by, weight: 1 }
+        Event { row, ts, late_by, weight: 1 }
     }
 
     /// Counts usage of a tenant at `now`: in the ledger (for quotas, at once) and for the
@@ -274,20 +274,20 @@ pub type Archiving = (tokio::sync::mpsc::UnboundedSender<Vec<Record>>, Arc<crate
 /// gate's own counts, which enforce quotas, are always current).
 pub const USAGE_FLUSH_MS: i64 = 500;
 
-/// A submission's rows that passed the lateness and duplicate checks, with their sizes,
-/// and what it would add to each tenant's usage.
-struct Checked<'a> {
-    fresh: Vec<(&'a Row, u32)>,
+/// A submission's rows that passed the lateness and duplicate checks (their places in
+/// `Decoded::rows`), with their sizes, and what it would add to each tenant's usage.
+struct Checked {
+    fresh: Vec<(usize, u32)>,
     duplicates: usize,
     refused: Vec<Rejection>,
     /// Per tenant: (events, bytes).
     usage: Vec<(Text, u64, u64)>,
 }
 
-fn check<'a>(s: &Stream, stream: usize, state: &GateState, decoded: &'a Decoded) -> Checked<'a> {
+fn check(s: &Stream, stream: usize, state: &GateState, decoded: &Decoded) -> Checked {
     let mut out = Checked { fresh: Vec::with_capacity(decoded.rows.len()), duplicates: 0, refused: decoded.rejected.clone(), usage: Vec::new() };
     let mut seen = std::collections::HashSet::new();
-    let mut usage: HashMap<Text, (u64, u64)> = HashMap::new();
+    let mut usage: HashMap<&Text, (u64, u64)> = HashMap::new();
     // rows are checked in order, each against the watermark the rows before it moved
     let mut watermark = state.watermarks[stream];
     for (i, (line, row)) in decoded.rows.iter().enumerate() {
@@ -329,14 +329,14 @@ fn check<'a>(s: &Stream, stream: usize, state: &GateState, decoded: &'a Decoded)
         }
         let size = decoded.sizes.get(i).copied().unwrap_or(0);
         if let (true, Value::Str(tenant)) = (s.metered, &row[s.tenant]) {
-            let u = usage.entry(tenant.clone()).or_default();
+            let u = usage.entry(tenant).or_default();
             u.0 += 1;
             u.1 += size as u64;
         }
         watermark = watermark.max(ts);
-        out.fresh.push((row, size));
+        out.fresh.push((i, size));
     }
-    out.usage = usage.into_iter().map(|(t, (events, bytes))| (t, events, bytes)).collect();
+    out.usage = usage.into_iter().map(|(t, (events, bytes))| (t.clone(), events, bytes)).collect();
     out
 }
 
@@ -383,7 +383,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
         // refused events per tenant, logged (rare; accepted usage is recounted from the records)
         let mut refused_usage: HashMap<Text, i64> = HashMap::new();
         let mut failed: Option<String> = None;
-        for sub in &group {
+        for sub in &mut group {
             let s = &streams[sub.stream];
             let checked = check(s, sub.stream, &state, &sub.decoded);
             let refusal = checked.usage.iter().find_map(|(tenant, events, bytes)| state.ledger.check(tenant, &quotas.plan(tenant), now, *events, *bytes));
@@ -397,8 +397,10 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
                 continue;
             }
             let mut receipt = Receipt { accepted: checked.fresh.len() + checked.duplicates, duplicates: checked.duplicates, rejected: Vec::new(), epoch };
-            for (row, size) in checked.fresh {
-                accepted[sub.stream].push(state.admit(&streams, sub.stream, row));
+            // the rows move on (into the events, whose rows the log borrows): not copied
+            let mut rows = std::mem::take(&mut sub.decoded.rows);
+            for (i, size) in checked.fresh {
+                accepted[sub.stream].push(state.admit(&streams, sub.stream, std::mem::take(&mut rows[i].1)));
                 if s.metered {
                     sizes[sub.stream].push(size);
                 }
@@ -412,7 +414,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
             for r in refused {
                 receipt.rejected.push((r.line, r.error.clone()));
                 let row = rejected_row(s, &r, now);
-                accepted[rejected_stream].push(state.admit(&streams, rejected_stream, &row));
+                accepted[rejected_stream].push(state.admit(&streams, rejected_stream, row));
             }
             receipts.push(Ok(receipt));
         }
@@ -424,12 +426,11 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
             }
             let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
             let sizes = std::mem::take(&mut sizes[i]);
-            let record = Record { epoch, stream: streams[i].name.clone(), max_ts, rows: events.iter().map(|e| e.row.clone()).collect(), sizes };
-            if let Err(e) = wal.append(&record) {
+            if let Err(e) = wal.append_ref(RecordRef { epoch, stream: &streams[i].name, max_ts, rows: EventRows(&events), sizes: &sizes }) {
                 failed = Some(e.to_string());
             }
             if archive.is_some() && !streams[i].weighted {
-                to_archive.push(record);
+                to_archive.push(Record { epoch, stream: streams[i].name.clone(), max_ts, rows: events.iter().map(|e| e.row.clone()).collect(), sizes });
             }
             batches.push(Batch { epoch, stream: i, events, watermark: state.watermarks[i] });
         }
@@ -485,6 +486,15 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
     }
 }
 
+/// Events' rows as the log's sequence of rows.
+struct EventRows<'a>(&'a [Event]);
+
+impl serde::Serialize for EventRows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|e| &e.row))
+    }
+}
+
 /// The row recorded in the `rejected` stream for a refused line.
 fn rejected_row(stream: &Stream, r: &Rejection, now: i64) -> Row {
     vec![
@@ -495,4 +505,19 @@ fn rejected_row(stream: &Stream, r: &Rejection, now: i64) -> Row {
         Value::str(&r.raw),
         Value::str(&r.error),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_logged_by_reference_are_the_bytes_of_a_record() {
+        let rows: Vec<Row> = vec![vec![Value::str("acme"), Value::Timestamp(7)], vec![Value::str("globex"), Value::Timestamp(9)]];
+        let events: Vec<Event> = rows.iter().map(|row| Event { row: row.clone(), ts: 0, late_by: 0, weight: 1 }).collect();
+        let sizes = vec![10, 12];
+        let owned = Record { epoch: 3, stream: "events".into(), max_ts: 9, rows, sizes: sizes.clone() };
+        let borrowed = RecordRef { epoch: 3, stream: "events", max_ts: 9, rows: EventRows(&events), sizes: &sizes };
+        assert_eq!(bincode::serialize(&borrowed).unwrap(), bincode::serialize(&owned).unwrap());
+    }
 }

@@ -45,6 +45,23 @@ pub struct Record {
     pub sizes: Vec<u32>,
 }
 
+/// A [`Record`] to append, with its rows borrowed from wherever they are going next (the
+/// gate's events for the dataflow) instead of copied: `rows` is anything that serializes
+/// as a sequence of rows, and the bytes are those of a `Record`.
+#[derive(Serialize)]
+pub struct RecordRef<'a, R: Serialize> {
+    /// As in [`Record`].
+    pub epoch: Epoch,
+    /// As in [`Record`].
+    pub stream: &'a str,
+    /// As in [`Record`].
+    pub max_ts: i64,
+    /// A sequence of rows.
+    pub rows: R,
+    /// As in [`Record`].
+    pub sizes: &'a [u32],
+}
+
 /// The state at the start of a segment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -161,7 +178,7 @@ impl Wal {
     }
 
     /// Appends one framed entry to the pending buffer.
-    fn frame(&mut self, entry: &EntryRef<'_>) -> Result<()> {
+    fn frame<R: Serialize>(&mut self, entry: &EntryRef<'_, R>) -> Result<()> {
         let payload = bincode::serialize(entry).map_err(|e| Error::Log(format!("encoding a record: {e}")))?;
         self.buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         self.buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -171,7 +188,7 @@ impl Wal {
 
     fn write_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         let pending = std::mem::take(&mut self.buffer);
-        self.frame(&EntryRef::Checkpoint(checkpoint))?;
+        self.frame(&EntryRef::<()>::Checkpoint(checkpoint))?;
         let result = self.file.write_all(&self.buffer).and_then(|_| self.file.sync_data());
         self.written += self.buffer.len() as u64;
         self.buffer = pending;
@@ -180,7 +197,12 @@ impl Wal {
 
     /// Adds a record to the pending group; nothing is durable until [`Wal::commit`].
     pub fn append(&mut self, record: &Record) -> Result<()> {
-        note_max(&mut self.active_max_ts, &record.stream, record.max_ts);
+        self.append_ref(RecordRef { epoch: record.epoch, stream: &record.stream, max_ts: record.max_ts, rows: &record.rows, sizes: &record.sizes })
+    }
+
+    /// [`Wal::append`] of rows held elsewhere.
+    pub fn append_ref<R: Serialize>(&mut self, record: RecordRef<'_, R>) -> Result<()> {
+        note_max(&mut self.active_max_ts, record.stream, record.max_ts);
         self.active_max_epoch = self.active_max_epoch.max(record.epoch);
         self.frame(&EntryRef::Events(record))
     }
@@ -274,9 +296,9 @@ impl Wal {
 /// [`Entry`] with borrowed rows, so that appending does not copy them: serializes to
 /// the same bytes as `Entry`.
 #[derive(Serialize)]
-enum EntryRef<'a> {
+enum EntryRef<'a, R: Serialize> {
     Checkpoint(&'a Checkpoint),
-    Events(&'a Record),
+    Events(RecordRef<'a, R>),
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
