@@ -586,13 +586,18 @@ fn ingest(batch: Batch, retained: &mut [RetainedStream], views: &mut [ViewRuntim
             }
         }
     }
-    // (events mostly come in time order: one lookup of the bucket per run of them)
+    // (events mostly come in time order: one lookup of the bucket per run of them; a new
+    // bucket starts with the room its predecessor took, so that a steady stream's buckets
+    // are not grown by doubling, each step copying all they hold so far)
     let mut run: Option<(i64, &mut Vec<Kept>)> = None;
     for e in batch.events {
         let b = bucket(e.ts);
         let at = match run {
             Some((current, at)) if current == b => at,
-            _ => stream.events.entry(b).or_default(),
+            _ => {
+                let room = stream.events.range(..b).next_back().map_or(0, |(_, before)| before.len());
+                stream.events.entry(b).or_insert_with(|| Vec::with_capacity(room))
+            }
         };
         match &mut stream.merged {
             Some(index) => match index.entry((e.ts, e.row)) {
