@@ -218,19 +218,26 @@ impl Ord for Value {
 impl Hash for Value {
     /// Equal values hash equally; values of different types may collide (a column holds
     /// one type), so scalars are one write each, without a type tag.
-    #[inline]
+    #[inline(always)]
     fn hash<H: Hasher>(&self, state: &mut H) {
         match self {
             Value::Null => state.write_u8(0),
             Value::Bool(b) => state.write_u8(1 + u8::from(*b)),
             Value::Int(i) => state.write_i64(*i),
             Value::Float(f) => state.write_u64(float_key(*f).to_bits()),
-            Value::Str(s) => s.hash(state),
+            Value::Str(s) => hash_str(s, state),
             Value::Timestamp(t) => state.write_i64(*t),
             Value::Map(m) => m.hash(state),
             Value::List(l) => l.hash(state),
         }
     }
+}
+
+/// A string's hash, out of line: inlined, its byte loop made `Value::hash` too large to
+/// inline into the row hashes, and every value paid a call (measured in docs/benchmarks.md).
+#[inline(never)]
+fn hash_str<H: Hasher>(s: &str, state: &mut H) {
+    s.hash(state)
 }
 
 /// Compares two rows (or slices of them) as `Ord` does, with the common one-value case
