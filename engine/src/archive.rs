@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::schema::Stream;
 use crate::time::Epoch;
 use crate::value::Row;
-use crate::wal::Record;
+use crate::wal::Logged;
 
 /// A boxed future, as the archive's reads return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -39,7 +39,7 @@ pub trait ArchiveSource: Send + Sync {
 
 /// One committed epoch's records (every stream of one group commit), fed to the archive
 /// writer in commit order.
-pub type Epochs = tokio::sync::mpsc::UnboundedReceiver<Vec<Record>>;
+pub type Epochs = tokio::sync::mpsc::UnboundedReceiver<Vec<Logged>>;
 
 /// How far each stream is archived: written by the archive writer, read by the ingest
 /// gate when it decides which log segments to delete.

@@ -24,7 +24,7 @@ use crate::schema::{Stream, EVENTS, REJECTED};
 use crate::store::{LiveView, ViewInfo, ViewStore};
 use crate::time::{parse_duration_ms, Epoch};
 use crate::value::Interner;
-use crate::wal::{Entry, Record, Wal};
+use crate::wal::{Entry, Logged, Wal};
 use crate::archive::{ArchiveSource, Epochs, Progress};
 
 /// How many recovered events go to the views in one epoch at a restart (see
@@ -124,7 +124,8 @@ impl Engine {
             }
         }
         // log records the archive does not have yet, by epoch, to be fed to it again
-        let mut unarchived: Vec<Vec<Record>> = Vec::new();
+        let mut unarchived: Vec<Vec<Logged>> = Vec::new();
+        let mut unencodable: Option<Error> = None;
         let replay_streams = streams.clone();
         let mut replayed_events = false;
         // the log holds each row's strings as its own copies: shared again, the retained
@@ -147,25 +148,29 @@ impl Engine {
                         state.count_logged_usage(&replay_streams[i], &record);
                     }
                     // (rows of another schema of the stream are skipped by the archive too)
-                    let unarchived_record = archive.is_some() && !replay_streams[i].weighted && record.epoch > progress.through(&record.stream);
+                    if archive.is_some() && !replay_streams[i].weighted && record.epoch > progress.through(&record.stream) {
+                        match Logged::encode(&record) {
+                            Ok(logged) => match unarchived.last_mut() {
+                                Some(group) if group[0].epoch == record.epoch => group.push(logged),
+                                _ => unarchived.push(vec![logged]),
+                            },
+                            Err(e) => unencodable = Some(e),
+                        }
+                    }
                     if replay_streams[i].weighted {
                         record.rows.iter().for_each(|row| state.admit_usage(i, row));
                     } else {
                         let columns = replay_streams[i].columns.len();
                         unknown += record.rows.iter().filter(|row| row.len() != columns).count();
-                        // the rows move into the recovered events unless the archive still needs the record
-                        let rows = if unarchived_record { record.rows.clone() } else { std::mem::take(&mut record.rows) };
-                        recovered[i].extend(rows.into_iter().filter(|row| row.len() == columns).map(|row| state.admit(&replay_streams, i, row)));
-                    }
-                    if unarchived_record {
-                        match unarchived.last_mut() {
-                            Some(group) if group[0].epoch == record.epoch => group.push(record),
-                            _ => unarchived.push(vec![record]),
-                        }
+                        // the rows move into the recovered events (the archive has its own bytes)
+                        recovered[i].extend(std::mem::take(&mut record.rows).into_iter().filter(|row| row.len() == columns).map(|row| state.admit(&replay_streams, i, row)));
                     }
                 }
             })
         })?;
+        if let Some(e) = unencodable {
+            return Err(e);
+        }
         if unknown > 0 {
             tracing::warn!(events = unknown, "the log holds events of streams that are no longer configured (or whose schema changed); they were skipped");
         }

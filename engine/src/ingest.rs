@@ -24,7 +24,7 @@ use crate::quota::{usage_row, Ledger, Metric, Quotas};
 use crate::schema::{Stream, REJECTED};
 use crate::time::{format_rfc3339_ms, now_ms, Epoch};
 use crate::value::{Row, Text, Value};
-use crate::wal::{Checkpoint, Record, RecordRef, Wal};
+use crate::wal::{Checkpoint, Logged, Record, RecordRef, Wal};
 
 /// A line of input that was refused, with why.
 #[derive(Clone, Debug, PartialEq)]
@@ -268,7 +268,7 @@ pub fn start_gate(
 }
 
 /// Where the gate hands committed records for archiving, and how far they are archived.
-pub type Archiving = (tokio::sync::mpsc::UnboundedSender<Vec<Record>>, Arc<crate::archive::Progress>);
+pub type Archiving = (tokio::sync::mpsc::UnboundedSender<Vec<Logged>>, Arc<crate::archive::Progress>);
 
 /// How often, at most, counted usage is handed to the dataflow's `usage` stream (the
 /// gate's own counts, which enforce quotas, are always current).
@@ -426,11 +426,11 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
             }
             let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
             let sizes = std::mem::take(&mut sizes[i]);
-            if let Err(e) = wal.append_ref(RecordRef { epoch, stream: &streams[i].name, max_ts, rows: EventRows(&events), sizes: &sizes }) {
-                failed = Some(e.to_string());
-            }
-            if archive.is_some() && !streams[i].weighted {
-                to_archive.push(Record { epoch, stream: streams[i].name.clone(), max_ts, rows: events.iter().map(|e| e.row.clone()).collect(), sizes });
+            match wal.append_ref(RecordRef { epoch, stream: &streams[i].name, max_ts, rows: EventRows(&events), sizes: &sizes }) {
+                // the archive takes the record as logged: its bytes, not a copy of its rows
+                Ok(logged) if archive.is_some() && !streams[i].weighted => to_archive.push(logged),
+                Ok(_) => {}
+                Err(e) => failed = Some(e.to_string()),
             }
             batches.push(Batch { epoch, stream: i, events, watermark: state.watermarks[i] });
         }

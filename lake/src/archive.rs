@@ -15,6 +15,7 @@
 //! store is unreachable the rows wait in memory and in the log, and are written when it
 //! is back.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,7 @@ use weir_engine::archive::{ArchiveSource, BoxFuture, Epochs, Progress};
 use weir_engine::schema::{Column, DataType, Stream};
 use weir_engine::time::Epoch;
 use weir_engine::value::{Row, Value};
-use weir_engine::wal::Record;
+use weir_engine::wal::{Logged, Record};
 
 use crate::{AsOf, Error, Lake, Result, Url};
 
@@ -79,7 +80,9 @@ fn utc_date(ms: i64) -> String {
 /// Rows waiting to be appended, and what is known of each table.
 #[derive(Default)]
 struct Pending {
-    by_stream: BTreeMap<String, Vec<Record>>,
+    /// As the log encoded them: decoded only for the append (a fraction of the rows' memory
+    /// while they wait).
+    by_stream: BTreeMap<String, Vec<Logged>>,
     /// The last epoch taken from the feed.
     position: Epoch,
     /// Streams whose last append failed: whether it landed is unknown until the table
@@ -197,9 +200,10 @@ impl Archive {
                 continue;
             }
             let started = std::time::Instant::now();
-            match self.append(s, records).await {
-                Ok(()) => {
-                    let rows: usize = records.iter().map(|r| r.rows.len()).sum();
+            let epoch = records.last().map_or(0, |r| r.epoch);
+            // (decoded one record at a time, as the append takes them)
+            match self.append_rows(s, epoch, records.iter().map(|r| r.decode().map_err(Error::from))).await {
+                Ok(rows) => {
                     tracing::debug!(stream = %s.name, rows, seconds = started.elapsed().as_secs_f64(), "archived");
                     records.clear();
                     let appends = pending.appends.entry(s.name.clone()).or_default();
@@ -235,13 +239,22 @@ impl Archive {
     /// commit recording the last epoch.
     pub async fn append(&self, stream: &Stream, records: &[Record]) -> Result<()> {
         let epoch = records.last().map_or(0, |r| r.epoch);
+        self.append_rows(stream, epoch, records.iter().map(Ok)).await.map(drop)
+    }
+
+    /// [`Archive::append`] of records as they come (borrowed, or decoded one at a time),
+    /// the last of epoch `epoch`; returns how many rows were written.
+    async fn append_rows<R: Borrow<Record> + Send>(&self, stream: &Stream, epoch: Epoch, records: impl Iterator<Item = Result<R>> + Send) -> Result<usize> {
         let columns = archive_columns(stream);
         let mut batches = Vec::new();
         let mut rows: Vec<Row> = Vec::new();
+        let mut written = 0usize;
         let mut misfits = 0usize;
         // (the date column of the last row's day: consecutive rows mostly share a day)
         let mut day: Option<(i64, Value)> = None;
         for record in records {
+            let record = record?;
+            let record = record.borrow();
             for (seq, row) in record.rows.iter().enumerate() {
                 // rows logged under an earlier schema of the stream (another column count)
                 // cannot be archived as this one; replay skips them too
@@ -259,6 +272,7 @@ impl Archive {
                     _ => day.insert((d, Value::str(&utc_date(ts)))).1.clone(),
                 };
                 rows.push(row.iter().cloned().chain([Value::Int(record.epoch as i64), Value::Int(seq as i64), date]).collect());
+                written += 1;
                 if rows.len() == 65_536 {
                     batches.push(weir_engine::columnar::rows_to_batch(&columns, &std::mem::take(&mut rows))?);
                 }
@@ -272,7 +286,7 @@ impl Archive {
         }
         if batches.is_empty() {
             // nothing to write (the log keeps such records until its segment goes)
-            return Ok(());
+            return Ok(0);
         }
         // One attempt per commit: if a commit's put lands but its answer is lost, a retry
         // would commit the same rows again as the next version; instead the append
@@ -280,7 +294,7 @@ impl Archive {
         let commit = CommitProperties::default()
             .with_metadata([("weir.epoch".to_string(), json!(epoch)), ("weir.stream".to_string(), json!(stream.name))])
             .with_max_retries(0);
-        self.write(stream, batches, commit).await
+        self.write(stream, batches, commit).await.map(|()| written)
     }
 
     /// Appends batches (of [`archive_columns`]) to a stream's table, creating it if need be.
