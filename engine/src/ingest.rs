@@ -12,7 +12,8 @@
 //! Because the gate is a single thread, watermarks, idempotency keys and epochs follow
 //! one order, the same order the log records, so recovery rebuilds the same state.
 
-use std::collections::HashMap;
+// (foldhash, not SipHash: the gate hashes tenants and event ids for every event it admits)
+use foldhash::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
@@ -91,9 +92,9 @@ impl GateState {
         GateState {
             last_epoch: 0,
             watermarks: vec![i64::MIN; streams.len()],
-            ids: vec![HashMap::new(); streams.len()],
+            ids: vec![HashMap::default(); streams.len()],
             ledger: Ledger::default(),
-            pending_usage: HashMap::new(),
+            pending_usage: HashMap::default(),
             last_usage_flush: i64::MIN,
             inserts_since_prune: 0,
         }
@@ -129,7 +130,7 @@ impl GateState {
 
     /// Recounts the usage of a logged record of a metered stream (replay).
     pub fn count_logged_usage(&mut self, stream: &Stream, record: &Record) {
-        let mut per_tenant: HashMap<&Text, (i64, i64)> = HashMap::new();
+        let mut per_tenant: HashMap<&Text, (i64, i64)> = HashMap::default();
         for (i, row) in record.rows.iter().enumerate() {
             if let Some(Value::Str(tenant)) = row.get(stream.tenant) {
                 let u = per_tenant.entry(tenant).or_default();
@@ -286,8 +287,8 @@ struct Checked {
 
 fn check(s: &Stream, stream: usize, state: &GateState, decoded: &Decoded) -> Checked {
     let mut out = Checked { fresh: Vec::with_capacity(decoded.rows.len()), duplicates: 0, refused: decoded.rejected.clone(), usage: Vec::new() };
-    let mut seen = std::collections::HashSet::new();
-    let mut usage: HashMap<&Text, (u64, u64)> = HashMap::new();
+    let mut seen = HashSet::default();
+    let mut usage: HashMap<&Text, (u64, u64)> = HashMap::default();
     // rows are checked in order, each against the watermark the rows before it moved
     let mut watermark = state.watermarks[stream];
     for (i, (line, row)) in decoded.rows.iter().enumerate() {
@@ -381,7 +382,7 @@ fn run_gate(streams: Arc<Vec<Stream>>, mut state: GateState, mut wal: Wal, quota
         // sizes of the accepted rows of metered streams, for the log
         let mut sizes: Vec<Vec<u32>> = vec![Vec::new(); streams.len()];
         // refused events per tenant, logged (rare; accepted usage is recounted from the records)
-        let mut refused_usage: HashMap<Text, i64> = HashMap::new();
+        let mut refused_usage: HashMap<Text, i64> = HashMap::default();
         let mut failed: Option<String> = None;
         for sub in &mut group {
             let s = &streams[sub.stream];

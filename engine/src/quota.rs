@@ -432,7 +432,7 @@ impl std::fmt::Display for Refusal {
 pub struct Ledger {
     entries: BTreeMap<(i64, Text, Metric), i64>,
     /// Per tenant, per period: (window start, events, bytes).
-    current: HashMap<Text, [(i64, u64, u64); 4]>,
+    current: foldhash::HashMap<Text, [(i64, u64, u64); 4]>,
     expired_before: i64,
 }
 
@@ -444,7 +444,11 @@ impl Ledger {
         if metric == Metric::Refused {
             return;
         }
-        let windows = self.current.entry(tenant.clone()).or_insert([(i64::MIN, 0, 0); 4]);
+        // (the tenant is copied only the first time it is seen)
+        let windows = match self.current.get_mut(tenant) {
+            Some(windows) => windows,
+            None => self.current.entry(tenant.clone()).or_insert([(i64::MIN, 0, 0); 4]),
+        };
         for (p, w) in Period::ALL.iter().zip(windows.iter_mut()) {
             let start = p.start(ts);
             if start > w.0 {
