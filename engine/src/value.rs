@@ -47,6 +47,8 @@ pub enum Value {
 /// compare faster (pointer equality) in the dataflow.
 pub struct Interner {
     strings: hashbrown::HashSet<Text, foldhash::fast::RandomState>,
+    /// Whole label maps, which repeat as their strings do.
+    maps: hashbrown::HashSet<LabelMap, foldhash::fast::RandomState>,
     max: usize,
 }
 
@@ -54,7 +56,7 @@ impl Interner {
     /// Remembers at most `max` strings: most distinct strings are repeated values, and
     /// unique ones (ids, URLs) would only fill the table, so it stops growing there.
     pub fn new(max: usize) -> Interner {
-        Interner { strings: Default::default(), max }
+        Interner { strings: Default::default(), maps: Default::default(), max }
     }
 
     /// The shared copy of `s`.
@@ -74,7 +76,15 @@ impl Interner {
         for value in row {
             match value {
                 Value::Str(s) => *s = self.get(s),
-                Value::Map(pairs) => *pairs = Arc::new(pairs.iter().map(|(k, v)| (self.get(k), self.get(v))).collect()),
+                Value::Map(pairs) => match self.maps.get(pairs) {
+                    Some(shared) => *pairs = shared.clone(),
+                    None => {
+                        *pairs = Arc::new(pairs.iter().map(|(k, v)| (self.get(k), self.get(v))).collect());
+                        if self.maps.len() < self.max {
+                            self.maps.insert(pairs.clone());
+                        }
+                    }
+                },
                 _ => {}
             }
         }
@@ -325,6 +335,24 @@ fn radix_sort(keys: &mut Vec<(u64, u64, u32)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interner_shares_strings_and_maps_up_to_its_limit() {
+        let mut strings = Interner::new(2);
+        let row = || vec![Value::str("acme"), Value::map(vec![(Text::from("region"), Text::from("eu"))]), Value::Int(1)];
+        let (mut a, mut b) = (row(), row());
+        strings.share(&mut a);
+        strings.share(&mut b);
+        assert_eq!(a, row());
+        let (Value::Str(x), Value::Str(y)) = (&a[0], &b[0]) else { panic!("strings") };
+        assert!(Text::ptr_eq(x, y));
+        let (Value::Map(x), Value::Map(y)) = (&a[1], &b[1]) else { panic!("maps") };
+        assert!(Arc::ptr_eq(x, y));
+        // full: a new string is still returned, just not remembered
+        let (first, again) = (strings.get("new"), strings.get("new"));
+        assert_eq!(first, again);
+        assert!(!Text::ptr_eq(&first, &again));
+    }
 
     #[test]
     fn a_value_is_two_words() {
