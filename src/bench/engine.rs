@@ -92,6 +92,7 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>,
         commands.push(Command::Ingest { epoch, batches: vec![Batch { epoch, stream: 0, events, watermark }] });
     }
     let last = commands.len() as u64;
+    let resident = super::rss_bytes();
     let start = Instant::now();
     for c in commands {
         tx.send(c).map_err(|_| anyhow!("the dataflow worker stopped"))?;
@@ -100,7 +101,9 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>,
         return Err(anyhow!("the view did not catch up"));
     }
     let seconds = start.elapsed().as_secs_f64();
+    let grown = super::rss_bytes().saturating_sub(resident);
+    let live_rows = view.snapshot().1.len();
     let _ = tx.send(Command::Shutdown);
     let _ = worker.join();
-    Ok(Report::new(workload, rows.len(), seconds, Vec::new()))
+    Ok(Report::new(workload, rows.len(), seconds, Vec::new()).with_memory(live_rows, grown))
 }

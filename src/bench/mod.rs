@@ -82,9 +82,28 @@ pub struct Report {
     /// Bytes written, where it applies (snapshots).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// What the view's state costs, where it applies (the engine workloads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+}
+
+/// The process's resident memory added while the events went in (the engine's retained
+/// copy of every event, the view's state and its store), per row the view holds at the end.
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    pub live_rows: u64,
+    pub rss_growth_bytes: u64,
+    pub bytes_per_live_row: f64,
 }
 
 impl Report {
+    /// The same, with the memory its view took (see [`Memory`]).
+    pub fn with_memory(mut self, live_rows: usize, rss_growth_bytes: u64) -> Report {
+        let bytes_per_live_row = rss_growth_bytes as f64 / live_rows.max(1) as f64;
+        self.memory = Some(Memory { live_rows: live_rows as u64, rss_growth_bytes, bytes_per_live_row });
+        self
+    }
+
     /// The same, with the bytes it wrote.
     pub fn with_bytes(mut self, bytes: u64) -> Report {
         self.bytes = Some(bytes);
@@ -103,6 +122,7 @@ impl Report {
             peak_rss_bytes: peak_rss_bytes(),
             cores: cores(),
             bytes: None,
+            memory: None,
         }
     }
 }
@@ -200,9 +220,19 @@ fn lake_files(dir: &std::path::Path) -> Vec<(String, u64)> {
 }
 
 fn peak_rss_bytes() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// The process's resident memory now.
+pub fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// A memory figure of `/proc/self/status` (0 where there is none).
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
@@ -227,6 +257,9 @@ fn print_row(report: &Report) {
     );
     if let Some(bytes) = report.bytes {
         println!("{:<16} wrote {:.1} MiB", "", bytes as f64 / (1 << 20) as f64);
+    }
+    if let Some(m) = &report.memory {
+        println!("{:<16} {} live rows; resident memory grew {:.1} MiB: {:.0} bytes per live row", "", m.live_rows, m.rss_growth_bytes as f64 / (1 << 20) as f64, m.bytes_per_live_row);
     }
 }
 
