@@ -71,15 +71,19 @@ impl Interner {
         new
     }
 
-    /// Replaces the row's strings and its maps' keys and values by their shared copies.
+    /// Replaces the row's strings and label maps by their shared copies; a string or map
+    /// seen for the first time is remembered as it is (not copied).
     pub fn share(&mut self, row: &mut Row) {
         for value in row {
             match value {
-                Value::Str(s) => *s = self.get(s),
+                Value::Str(s) => self.share_text(s),
                 Value::Map(pairs) => match self.maps.get(pairs) {
                     Some(shared) => *pairs = shared.clone(),
                     None => {
-                        *pairs = Arc::new(pairs.iter().map(|(k, v)| (self.get(k), self.get(v))).collect());
+                        for (k, v) in Arc::make_mut(pairs).iter_mut() {
+                            self.share_text(k);
+                            self.share_text(v);
+                        }
                         if self.maps.len() < self.max {
                             self.maps.insert(pairs.clone());
                         }
@@ -87,6 +91,16 @@ impl Interner {
                 },
                 _ => {}
             }
+        }
+    }
+
+    fn share_text(&mut self, s: &mut Text) {
+        match self.strings.get(s.as_str()) {
+            Some(shared) => *s = shared.clone(),
+            None if self.strings.len() < self.max => {
+                self.strings.insert(s.clone());
+            }
+            None => {}
         }
     }
 }
@@ -348,6 +362,12 @@ mod tests {
         assert!(Text::ptr_eq(x, y));
         let (Value::Map(x), Value::Map(y)) = (&a[1], &b[1]) else { panic!("maps") };
         assert!(Arc::ptr_eq(x, y));
+        // a string seen first in a row is remembered as that row's own allocation
+        let mut roomy = Interner::new(8);
+        let mut c = vec![Value::str("globex")];
+        roomy.share(&mut c);
+        let Value::Str(own) = &c[0] else { panic!("a string") };
+        assert!(Text::ptr_eq(own, &roomy.get("globex")));
         // full: a new string is still returned, just not remembered
         let (first, again) = (strings.get("new"), strings.get("new"));
         assert_eq!(first, again);
