@@ -14,6 +14,7 @@
 //! take a new snapshot.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{broadcast, watch};
@@ -22,12 +23,38 @@ use crate::schema::Columns;
 use crate::time::Epoch;
 use crate::value::Row;
 
-/// A view's rows with their counts: a persistent hash map, so that a reader copies it in
-/// O(1) under the lock and lists it after (in row order).
-type Rows = imbl::GenericHashMap<Row, isize, foldhash::fast::FixedState, imbl::shared_ptr::DefaultSharedPtr>;
+/// A view's rows with their counts, each kept with its hash: growing the table moves
+/// entries without hashing a row again.
+#[derive(Clone, Default)]
+struct Table(hashbrown::HashTable<(u64, Row, isize)>);
+
+impl Table {
+    /// Adds each change's count (`sign` = -1 subtracts them); rows that reach zero go.
+    fn apply(&mut self, changes: &[(Row, isize)], sign: isize) {
+        for (row, diff) in changes {
+            let hash = foldhash::fast::FixedState::default().hash_one(row);
+            match self.0.entry(hash, |(h, r, _)| *h == hash && r == row, |(h, _, _)| *h) {
+                hashbrown::hash_table::Entry::Occupied(mut e) => {
+                    let count = &mut e.get_mut().2;
+                    *count += sign * diff;
+                    if *count == 0 {
+                        e.remove();
+                    }
+                }
+                hashbrown::hash_table::Entry::Vacant(e) => {
+                    e.insert((hash, row.clone(), sign * diff));
+                }
+            }
+        }
+    }
+}
 
 /// How many change rows a view keeps for resuming subscribers.
 const HISTORY_ROWS: usize = 100_000;
+/// How many published change rows may wait for a reader to let go of the table before
+/// the writer copies it (at least; more with a larger table, so that the copy costs at
+/// most one row per change).
+const PENDING_ROWS: usize = 1 << 16;
 /// How many published epochs a subscriber may fall behind before it must resume.
 const SUBSCRIBER_BUFFER: usize = 4096;
 
@@ -76,12 +103,17 @@ impl ViewInfo {
 
 struct LiveState {
     epoch: Epoch,
-    /// The rows with their multiplicities. Ordered, so snapshots need no sort, and it
-    /// grows without the whole-table rehash pauses a hash map has (they showed as
-    /// freshness stalls). Persistent (nodes shared between copies): a reader copies it
-    /// under the lock in O(1) and lists the rows after releasing it, so a snapshot, a
-    /// capture or a new subscriber never holds up the dataflow's next publish.
-    rows: Rows,
+    /// The rows with their multiplicities as of `applied`: a plain hash table, shared.
+    /// A reader (a snapshot, a capture, a new subscriber) takes a reference under the
+    /// lock with the changes not yet applied, and lists the rows after releasing it, so
+    /// none of them holds up the dataflow's next publish. While a reader holds it, the
+    /// writer leaves new changes in `pending` rather than copying the table.
+    rows: Arc<Table>,
+    /// The epoch `rows` is complete through.
+    applied: Epoch,
+    /// Changes published after `applied`, in order.
+    pending: Vec<Arc<EpochChanges>>,
+    pending_rows: usize,
     history: VecDeque<Arc<EpochChanges>>,
     history_rows: usize,
     /// Every change after this epoch is in `history`.
@@ -135,7 +167,7 @@ impl LiveView {
         let (epoch_tx, _) = watch::channel(0);
         LiveView {
             info,
-            state: Mutex::new(LiveState { epoch: 0, rows: Rows::default(), history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
+            state: Mutex::new(LiveState { epoch: 0, rows: Arc::default(), applied: 0, pending: Vec::new(), pending_rows: 0, history: VecDeque::new(), history_rows: 0, history_floor: 0, seeded: false }),
             changes,
             epoch: epoch_tx,
         }
@@ -150,9 +182,9 @@ impl LiveView {
     pub fn snapshot(&self) -> (Epoch, Vec<Row>) {
         let (epoch, rows) = {
             let state = self.lock();
-            (state.epoch, state.rows.clone())
+            (state.epoch, state.copy())
         };
-        (epoch, expand(&rows))
+        (epoch, rows.rows())
     }
 
     /// The view's rows as of `epoch` (at most its current epoch), undoing later changes
@@ -168,8 +200,10 @@ impl LiveView {
         if epoch < state.epoch.min(state.history_floor) {
             return None;
         }
-        let later = state.history.iter().rev().take_while(|c| c.epoch > epoch).cloned().collect();
-        Some(RowsAt { rows: state.rows.clone(), later })
+        // the table plus the pending changes through `epoch`, less the applied ones after it
+        let later = state.history.iter().rev().skip_while(|c| c.epoch > state.applied).take_while(|c| c.epoch > epoch).cloned().collect();
+        let forward = state.pending.iter().take_while(|c| c.epoch <= epoch).cloned().collect();
+        Some(RowsAt { rows: state.rows.clone(), forward, later })
     }
 
     /// The epoch the view's contents are complete through.
@@ -192,16 +226,16 @@ impl LiveView {
             let state = self.lock();
             let changes = self.changes.subscribe();
             match last_epoch {
-                None => (Start::Snapshot { epoch: state.epoch, rows: Vec::new() }, Some(state.rows.clone()), changes),
+                None => (Start::Snapshot { epoch: state.epoch, rows: Vec::new() }, Some(state.copy()), changes),
                 Some(l) if l >= state.history_floor && l <= state.epoch => {
                     (Start::Resume(state.history.iter().filter(|c| c.epoch > l).cloned().collect()), None, changes)
                 }
-                Some(l) => (Start::Reset { requested: l, epoch: state.epoch, rows: Vec::new() }, Some(state.rows.clone()), changes),
+                Some(l) => (Start::Reset { requested: l, epoch: state.epoch, rows: Vec::new() }, Some(state.copy()), changes),
             }
         };
         let start = match (start, rows) {
-            (Start::Snapshot { epoch, .. }, Some(rows)) => Start::Snapshot { epoch, rows: expand(&rows) },
-            (Start::Reset { requested, epoch, .. }, Some(rows)) => Start::Reset { requested, epoch, rows: expand(&rows) },
+            (Start::Snapshot { epoch, .. }, Some(rows)) => Start::Snapshot { epoch, rows: rows.rows() },
+            (Start::Reset { requested, epoch, .. }, Some(rows)) => Start::Reset { requested, epoch, rows: rows.rows() },
             (start, _) => start,
         };
         Subscription { start, changes }
@@ -231,29 +265,9 @@ impl LiveView {
         }
         state.epoch = epoch;
         if !changes.is_empty() {
-            for (row, diff) in &changes {
-                // one lookup in the usual cases: a retraction removes a row that was
-                // there once, an addition inserts a row that was not there
-                if *diff < 0 {
-                    match state.rows.remove(row) {
-                        Some(count) if count + diff == 0 => {}
-                        Some(count) => {
-                            state.rows.insert(row.clone(), count + diff);
-                        }
-                        None => {
-                            state.rows.insert(row.clone(), *diff);
-                        }
-                    }
-                } else if let Some(count) = state.rows.insert(row.clone(), *diff) {
-                    // it was there already
-                    if count + diff == 0 {
-                        state.rows.remove(row);
-                    } else {
-                        state.rows.insert(row.clone(), count + diff);
-                    }
-                }
-            }
             let changes = Arc::new(EpochChanges { epoch, changes });
+            state.pending_rows += changes.changes.len();
+            state.pending.push(changes.clone());
             if state.seeded {
                 state.history_rows += changes.changes.len();
                 state.history.push_back(changes.clone());
@@ -265,6 +279,7 @@ impl LiveView {
             }
             let _ = self.changes.send(changes);
         }
+        state.catch_up();
         if !state.seeded {
             // the first epoch holds the view's initial contents, which are not changes a
             // subscriber from before (another process, say) could resume across
@@ -275,39 +290,70 @@ impl LiveView {
     }
 }
 
-/// A view's rows as of an epoch: a copy of its current rows and the changes after the epoch.
+impl LiveState {
+    /// Applies the pending changes, in place if no reader holds the table; if one does,
+    /// they wait, unless they have grown past the table's size (or [`PENDING_ROWS`]), when
+    /// the table is copied.
+    fn catch_up(&mut self) {
+        let Some(last) = self.pending.last() else { return };
+        let last = last.epoch;
+        let table = if self.pending_rows > self.rows.0.len().max(PENDING_ROWS) { Some(Arc::make_mut(&mut self.rows)) } else { Arc::get_mut(&mut self.rows) };
+        if let Some(table) = table {
+            for c in self.pending.drain(..) {
+                table.apply(&c.changes, 1);
+            }
+            self.pending_rows = 0;
+            self.applied = last;
+        }
+    }
+
+    /// A copy of the current rows, to list outside the lock.
+    fn copy(&self) -> RowsAt {
+        RowsAt { rows: self.rows.clone(), forward: self.pending.clone(), later: Vec::new() }
+    }
+}
+
+/// A view's rows as of an epoch: a reference to its table, the changes through the epoch
+/// not yet applied to it, and the ones after the epoch that are.
 pub struct RowsAt {
-    rows: Rows,
+    rows: Arc<Table>,
+    forward: Vec<Arc<EpochChanges>>,
     later: Vec<Arc<EpochChanges>>,
 }
 
 impl RowsAt {
-    /// The rows (with duplicates repeated).
+    /// The rows (with duplicates repeated), in row order.
     pub fn rows(self) -> Vec<Row> {
-        let RowsAt { mut rows, later } = self;
-        for c in later {
-            for (row, diff) in &c.changes {
-                let count = rows.entry(row.clone()).or_insert(0);
-                *count -= diff;
-                if *count == 0 {
-                    rows.remove(row);
-                }
+        let RowsAt { rows, forward, later } = self;
+        let mut adjust = Table::default();
+        for c in &forward {
+            adjust.apply(&c.changes, 1);
+        }
+        for c in &later {
+            adjust.apply(&c.changes, -1);
+        }
+        let mut out = Vec::with_capacity(rows.0.len() + adjust.0.len());
+        let mut push = |row: &Row, n: isize| {
+            for _ in 0..n.max(0) {
+                out.push(row.clone());
+            }
+        };
+        if adjust.0.is_empty() {
+            for (_, row, n) in rows.0.iter() {
+                push(row, *n);
+            }
+        } else {
+            for (hash, row, n) in rows.0.iter() {
+                let d = adjust.0.find_entry(*hash, |(h, r, _)| h == hash && r == row).map_or(0, |e| e.remove().0.2);
+                push(row, n + d);
+            }
+            for (_, row, n) in adjust.0.iter() {
+                push(row, *n);
             }
         }
-        expand(&rows)
+        out.sort_unstable();
+        out
     }
-}
-
-/// The rows, each as many times as it counts, in row order.
-fn expand(rows: &Rows) -> Vec<Row> {
-    let mut out = Vec::with_capacity(rows.len());
-    for (row, n) in rows {
-        for _ in 0..(*n).max(0) {
-            out.push(row.clone());
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 /// Every live view, by name.
@@ -346,5 +392,85 @@ impl ViewStore {
         if let Some(view) = self.get(name) {
             view.publish(epoch, changes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    fn view() -> LiveView {
+        LiveView::new(ViewInfo { name: "v".into(), sql: String::new(), streams: Vec::new(), columns: Default::default(), lateness_ms: 0, retention_ms: 0, from_config: false })
+    }
+
+    fn row(i: i64) -> Row {
+        vec![Value::str("acme"), Value::Int(i)]
+    }
+
+    fn rows(ids: &[i64]) -> Vec<Row> {
+        ids.iter().map(|i| row(*i)).collect()
+    }
+
+    #[test]
+    fn counts_add_up_and_rows_at_zero_go() {
+        let v = view();
+        v.publish(1, vec![(row(1), 1), (row(2), 2)]);
+        v.publish(2, vec![(row(1), -1), (row(3), 1), (row(2), -1)]);
+        assert_eq!(v.snapshot(), (2, rows(&[2, 3])));
+        assert_eq!(v.rows_at(1), Some(rows(&[1, 2, 2])), "later changes undone");
+    }
+
+    #[test]
+    fn a_reader_holding_the_table_sees_its_epoch_and_later_readers_see_theirs() {
+        let v = view();
+        v.publish(1, vec![(row(1), 1)]);
+        v.publish(2, vec![(row(2), 1)]);
+        let held = v.copy_at(2).expect("epoch 2 is kept");
+        // these wait for the reader instead of copying the table
+        v.publish(3, vec![(row(1), -1), (row(3), 1)]);
+        v.publish(4, vec![(row(4), 1)]);
+        assert!(!v.lock().pending.is_empty(), "the changes wait while the table is held");
+        assert_eq!(v.rows_at(3), Some(rows(&[2, 3])));
+        assert_eq!(v.rows_at(2), Some(rows(&[1, 2])));
+        assert_eq!(v.snapshot().1, rows(&[2, 3, 4]));
+        assert_eq!(held.rows(), rows(&[1, 2]));
+        // once the reader lets go, the next publish applies everything in place
+        v.publish(5, vec![(row(5), 1)]);
+        let state = v.lock();
+        assert!(state.pending.is_empty());
+        assert_eq!(state.applied, 5);
+        drop(state);
+        assert_eq!(v.snapshot().1, rows(&[2, 3, 4, 5]));
+        assert_eq!(v.rows_at(3), Some(rows(&[2, 3])));
+    }
+
+    #[test]
+    fn a_reader_that_holds_the_table_too_long_costs_a_copy_not_unbounded_pending_changes() {
+        let v = view();
+        v.publish(1, vec![(row(0), 1)]);
+        let held = v.copy_at(1).expect("epoch 1 is kept");
+        let many: Vec<(Row, isize)> = (1..=PENDING_ROWS as i64 + 1).map(|i| (row(i), 1)).collect();
+        v.publish(2, many);
+        assert!(v.lock().pending.is_empty(), "the writer copied the table");
+        assert_eq!(held.rows(), rows(&[0]));
+        assert_eq!(v.snapshot().1.len(), PENDING_ROWS + 2);
+    }
+
+    #[test]
+    fn a_subscriber_starts_from_the_rows_its_changes_follow() {
+        let v = view();
+        v.publish(1, vec![(row(1), 1)]);
+        let held = v.copy_at(1).expect("epoch 1 is kept");
+        v.publish(2, vec![(row(2), 1)]);
+        let mut sub = v.subscribe(None);
+        v.publish(3, vec![(row(2), -1)]);
+        drop(held);
+        match sub.start {
+            Start::Snapshot { epoch, rows: r } => assert_eq!((epoch, r), (2, rows(&[1, 2]))),
+            _ => panic!("expected a snapshot"),
+        }
+        let next = sub.changes.try_recv().expect("epoch 3's changes");
+        assert_eq!((next.epoch, next.changes.clone()), (3, vec![(row(2), -1)]));
     }
 }
