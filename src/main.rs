@@ -1,6 +1,7 @@
 //! `weir`: the command-line entry point. Parses flags, loads the configuration, runs.
 
 mod alerting;
+mod allocator;
 mod auth;
 mod bench;
 mod config;
@@ -11,11 +12,8 @@ mod serve;
 mod server;
 mod sql;
 
-/// mimalloc rather than the system allocator: the dataflow allocates and frees rows at
-/// a high rate on its own threads, where glibc's per-thread arenas grow by `mprotect`
-/// calls (measured in docs/benchmarks.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 use std::path::PathBuf;
 
@@ -129,30 +127,8 @@ impl ServeArgs {
     }
 }
 
-/// mimalloc's `mi_option_purge_delay`: its position in `mi_option_e` (mimalloc v3's
-/// `mimalloc.h`, which the `libmimalloc-sys` crate builds; its Rust constants stop
-/// before this one).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Tunes the allocator for a process that frees and allocates rows at a high rate:
-/// memory freed is kept for reuse instead of being returned to the kernel after a delay
-/// (`purge_delay` -1; `MIMALLOC_PURGE_DELAY` still decides when set). Memory returned
-/// came back as fresh pages, which the kernel zeroes (a whole transparent huge page at a
-/// time) on first touch: measured on a 2-core VM (docs/benchmarks.md, 2026-12-04) as up
-/// to 4 s of system time in a 1M-event run, and with purging off engine-window ran at
-/// 1.54M–1.59M events/s in four runs of four (304k–1.58M before), nexmark-q5 at
-/// 1.20M–1.28M in three (380k–511k), ingest-http at 424k–521k (400k–508k). The cost:
-/// the process keeps its peak memory.
-#[allow(unsafe_code)] // (the option has no safe setter; the workspace denies `unsafe` elsewhere)
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's options (an integer it reads when it would purge)
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    tune_allocator();
+    allocator::tune();
     let cli = Cli::parse();
     let (config, demo_rate) = match cli.command {
         Command::Serve(args) => (args.load()?, None),
