@@ -59,13 +59,15 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
-/// mimalloc's `mi_option_purge_delay`: its position in `mi_option_e` (mimalloc v3's
-/// `mimalloc.h`, which the `libmimalloc-sys` crate builds; its Rust constants stop
-/// before this one).
+/// mimalloc's `mi_option_purge_delay` and `mi_option_allow_thp`: their positions in
+/// `mi_option_e` (mimalloc v3's `mimalloc.h`, which the `libmimalloc-sys` crate builds;
+/// its Rust constants stop before these).
 const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
+const MI_OPTION_ALLOW_THP: mi::mi_option_t = 43;
 
-/// Tunes the allocator for a process that frees and allocates rows at a high rate:
-/// memory freed is kept for reuse instead of being returned to the kernel after a delay
+/// Tunes the allocator for a process that frees and allocates rows at a high rate.
+///
+/// Memory freed is kept for reuse instead of being returned to the kernel after a delay
 /// (`purge_delay` -1; `MIMALLOC_PURGE_DELAY` still decides when set). Memory returned
 /// came back as fresh pages, which the kernel zeroes (a whole transparent huge page at a
 /// time) on first touch: measured on a 2-core VM (docs/benchmarks.md, 2026-12-04) as up
@@ -73,10 +75,28 @@ const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 /// 1.54M–1.59M events/s in four runs of four (304k–1.58M before), nexmark-q5 at
 /// 1.20M–1.28M in three (380k–511k), ingest-http at 424k–521k (400k–508k). The cost:
 /// the process keeps its peak memory.
+///
+/// Transparent huge pages are off for the process (`allow_thp` 0, and the process's
+/// THP-disable flag for the arena mimalloc mapped, and advised huge, before `main`;
+/// `MIMALLOC_ALLOW_THP` still decides when set): with them, each first touch of a 2 MiB
+/// region faults in, zeroes and (with the kernel's usual `defrag=madvise`) may first
+/// compact a huge page, and the system time that cost swung from 0.2 to 3.7 s between
+/// identical 1M-event runs on a 2-core VM; without them nexmark-q0 ran at 1.73M–2.26M
+/// events/s against 0.62M–1.35M, and every other workload measured faster too
+/// (docs/benchmarks.md, 2026-12-04, third session).
 pub fn tune() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one of mimalloc's options (an integer it reads when it would purge)
         unsafe { mi::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: sets one of mimalloc's options (an integer it reads when it maps memory),
+        // then sets the process's THP-disable flag, as mimalloc does itself when the option
+        // is 0 at its start; prctl takes no pointers here
+        unsafe {
+            mi::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
     }
 }
 
