@@ -59,6 +59,8 @@ pub struct Engine {
     store: Arc<ViewStore>,
     gate: GateHandle,
     dataflow: std::sync::Mutex<Sender<Command>>,
+    /// The dataflow's thread, joined by [`Engine::close`].
+    dataflow_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     catalog: Mutex<Catalog>,
     quotas: Arc<Quotas>,
     detectors: Mutex<BTreeMap<String, Running>>,
@@ -199,14 +201,14 @@ impl Engine {
 
         let store = Arc::new(ViewStore::default());
         let (dataflow_tx, dataflow_rx) = std::sync::mpsc::channel();
-        {
+        let dataflow_thread = {
             let streams = streams.clone();
             let store = store.clone();
             std::thread::Builder::new()
                 .name("weir-dataflow".into())
                 .spawn(move || run_worker(workers, streams, store, dataflow_rx, last_epoch))
-                .map_err(|e| Error::io("starting the dataflow thread", e))?;
-        }
+                .map_err(|e| Error::io("starting the dataflow thread", e))?
+        };
 
         let (archive_tx, archive_rx) = tokio::sync::mpsc::unbounded_channel();
         let archive_feed = match archive {
@@ -226,6 +228,7 @@ impl Engine {
             store,
             gate,
             dataflow: std::sync::Mutex::new(dataflow_tx),
+            dataflow_thread: std::sync::Mutex::new(Some(dataflow_thread)),
             catalog: Mutex::new(catalog),
             quotas,
             detectors: Mutex::new(BTreeMap::new()),
@@ -504,6 +507,16 @@ impl Engine {
     /// Stops the dataflow worker. Everything acknowledged is already in the log.
     pub fn shutdown(&self) {
         let _ = self.send(Command::Shutdown);
+    }
+
+    /// Stops the dataflow worker and waits until it has applied every command sent
+    /// before and let go of its state (the views' last changes are in the store then).
+    pub fn close(&self) {
+        self.shutdown();
+        let thread = self.dataflow_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
 }
 
