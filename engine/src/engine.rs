@@ -130,17 +130,24 @@ impl Engine {
         let mut unencodable: Option<Error> = None;
         let replay_streams = streams.clone();
         let mut replayed_events = false;
-        // the log holds each row's strings as its own copies: shared again, the retained
-        // events take a fraction of the memory (each tenant and kind once, not once per event)
-        let mut strings = Interner::new(1 << 16);
+        // the log holds each row's strings as its own copies: shared again (by each log
+        // reader, as it decodes), the retained events take a fraction of the memory (each
+        // tenant and kind once per reader, not once per event)
+        let share = || {
+            let mut strings = Interner::new(1 << 16);
+            move |entry: &mut Entry| {
+                if let Entry::Events(record) = entry {
+                    record.rows.iter_mut().for_each(|row| strings.share(row));
+                }
+            }
+        };
         let wal = tokio::task::block_in_place(|| {
-            Wal::open(&wal_dir, segment_bytes, |entry| match entry {
+            Wal::open_with(&wal_dir, segment_bytes, share, |entry| match entry {
                 // the oldest segment's checkpoint is the state replay starts from
                 Entry::Checkpoint(checkpoint) if !replayed_events => state.restore(&replay_streams, &checkpoint),
                 Entry::Checkpoint(_) => {}
                 Entry::Events(mut record) => {
                     replayed_events = true;
-                    record.rows.iter_mut().for_each(|row| strings.share(row));
                     state.last_epoch = state.last_epoch.max(record.epoch);
                     let Some(i) = replay_streams.iter().position(|s| s.name == record.stream) else {
                         unknown += record.rows.len();
