@@ -36,7 +36,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use weir_engine::schema::{Stream, TimePolicy};
-use weir_engine::value::{Row, Text, Value};
+use weir_engine::value::{Row, Value};
 
 /// Every workload, in the order `weir bench` runs them by default.
 pub const WORKLOADS: &[&str] = &[
@@ -156,9 +156,11 @@ fn bench_streams() -> Vec<Stream> {
 /// (so 1M events cover ~67 one-minute windows), values 0–1000, a region label.
 pub fn generate(n: usize) -> Vec<Row> {
     let mut rng = StdRng::seed_from_u64(7);
-    let tenants: Vec<Value> = (0..1000).map(|i| Value::str(&format!("tenant-{i:04}"))).collect();
-    let kinds: Vec<Value> = (0..20).map(|i| Value::str(&format!("kind-{i:02}"))).collect();
-    let regions: Vec<Value> = ["eu", "us", "ap"].iter().map(|r| Value::map(vec![(Text::from("region"), Text::from(*r))])).collect();
+    // (strings as the decoders make them: see `Interner`)
+    let mut strings = weir_engine::value::Interner::new(1 << 16);
+    let tenants: Vec<Value> = (0..1000).map(|i| Value::Str(strings.get(&format!("tenant-{i:04}")))).collect();
+    let kinds: Vec<Value> = (0..20).map(|i| Value::Str(strings.get(&format!("kind-{i:02}")))).collect();
+    let regions: Vec<Value> = ["eu", "us", "ap"].iter().map(|r| Value::map(vec![(strings.get("region"), strings.get(r))])).collect();
     let base = 1_795_000_000_000i64;
     (0..n)
         .map(|i| {
