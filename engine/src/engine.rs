@@ -516,8 +516,10 @@ impl Engine {
         let _ = self.send(Command::Shutdown);
     }
 
-    /// Stops the dataflow worker and waits until it has applied every command sent
-    /// before and let go of its state (the views' last changes are in the store then).
+    /// Stops the dataflow worker and waits for its threads to end: it takes the commands
+    /// sent before (without computing what they leave pending) and lets go of its state,
+    /// so nothing of this engine's dataflow runs after. Everything acknowledged is
+    /// already in the log.
     pub fn close(&self) {
         self.shutdown();
         let thread = self.dataflow_thread.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -1,8 +1,8 @@
 //! `recovery`: how long a restart takes with N retained events in the log. The events
 //! are ingested through the real gate (so the log holds them exactly as in production)
 //! into a data directory with the windowed view; then the engine is closed (its
-//! dataflow has applied every event and let go of its state: a restart is a new process,
-//! and the old one's work must not compete with it) and the clock times `Engine::open`,
+//! dataflow's threads end, having let go of their state: a restart is a new process, and
+//! the old one's work must not compete with it) and the clock times `Engine::open`,
 //! which returns once every view reflects the whole log.
 
 use std::sync::Arc;
