@@ -152,7 +152,7 @@ struct Groups {
     /// its number of rows. (Integer sums are exact whatever the order of the changes;
     /// float sums are not, nor are min and max without the inputs once one is retracted.)
     summed: bool,
-    table: hashbrown::HashTable<(u64, usize)>,
+    table: hashbrown::HashTable<(u32, u32)>,
     slab: Slab<Group>,
     /// Beside the slab: whether the epoch being applied has touched the group yet.
     touched: Vec<bool>,
@@ -172,10 +172,16 @@ impl Groups {
         self.key_len.unwrap_or(row.len())
     }
 
+    /// A key's hash in the table: 32 bits, spread over the 64 the table takes (see
+    /// [`spread`]), so that an entry keeps the whole of it in half the room.
+    fn hash(&self, key: &[Value]) -> u64 {
+        spread(self.hasher.hash_one(key) as u32)
+    }
+
     /// The slab position of the key's group, if it has one.
     fn find(&self, hash: u64, key: &[Value]) -> Option<usize> {
         let k = key.len();
-        self.table.find(hash, |(h, i)| *h == hash && self.slab[*i].row[..k] == *key).map(|(_, i)| *i)
+        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].row[..k] == *key).map(|(_, i)| *i as usize)
     }
 
     /// Makes a group of the update's row: its key stays as the group's row, its inputs
@@ -199,20 +205,31 @@ impl Groups {
         }
         row.truncate(k);
         group.row = row;
-        self.table.insert_unique(hash, (hash, i), |(h, _)| *h);
+        let at = u32::try_from(i).expect("fewer than 2^32 groups on a worker");
+        self.table.insert_unique(hash, (hash as u32, at), |(h, _)| spread(*h));
         i
     }
 
     /// Forgets a group (its values are gone).
     fn remove(&mut self, i: usize) -> Group {
         let group = std::mem::take(&mut self.slab[i]);
-        let hash = self.hasher.hash_one(&group.row[..self.key_len(&group.row)]);
-        if let Ok(entry) = self.table.find_entry(hash, |(_, j)| *j == i) {
+        let hash = self.hash(&group.row[..self.key_len(&group.row)]);
+        if let Ok(entry) = self.table.find_entry(hash, |(_, j)| *j as usize == i) {
             entry.remove();
         }
         self.free.push(i);
         group
     }
+}
+
+/// A group's 32-bit hash as the table takes it: the table picks a bucket by the low
+/// bits and tags it with the top seven, so both come from the 32. (Entries of a hash and
+/// a slab position in 32 bits each are 8 bytes, not 16: the table of engine-window's 1M
+/// events, 705k groups, is 8 MiB instead of 16, and the probe that finds a group, most
+/// of it cache misses, the worker's largest cost: docs/benchmarks.md.)
+#[inline]
+fn spread(h: u32) -> u64 {
+    (h as u64) << 32 | h as u64
 }
 
 /// A `GROUP BY`'s state and step, outside the dataflow (for benchmarks).
@@ -319,7 +336,7 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
     let width = groups.width;
     for (row, diff) in updates {
         let k = groups.key_len(&row);
-        let hash = groups.hasher.hash_one(&row[..k]);
+        let hash = groups.hash(&row[..k]);
         let Some(i) = groups.find(hash, &row[..k]) else {
             let i = groups.insert(hash, row, k, diff, aggregates);
             groups.touched[i] = true;
