@@ -130,8 +130,15 @@ fn lasting(s: &str) -> Option<Text> {
     if s.len() > LASTING_LEN {
         return None;
     }
-    if let Some(l) = LASTING.read().unwrap_or_else(|e| e.into_inner()).get(s) {
-        return Some(l.clone());
+    {
+        let set = LASTING.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = set.get(s) {
+            return Some(l.clone());
+        }
+        // (once full, a new string takes only the read lock)
+        if set.len() >= LASTING_MAX {
+            return None;
+        }
     }
     let mut set = LASTING.write().unwrap_or_else(|e| e.into_inner());
     if let Some(l) = set.get(s) {
