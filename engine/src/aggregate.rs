@@ -695,6 +695,21 @@ fn each_in_column<'a>(c: usize, width: usize, values: &'a [Value], counts: &[isi
 
 /// Computes aggregate `a` over a group's entries (those with a positive count).
 fn aggregate(a: &Aggregate, slot: &Slot, width: usize, values: &[Value], counts: &[isize]) -> Value {
+    if let [n] = *counts
+        && n > 0
+    {
+        // (most groups hold one entry: its value, `n` times, without the walk's iterators;
+        // they cost engine-window's worker 11% of its instructions)
+        let v = match slot {
+            Slot::Column(c) => &values[*c],
+            Slot::Constant(v) => v,
+        };
+        let mut totals = Totals::default();
+        if !v.is_null() {
+            totals.add(a.func, v, if a.distinct { 1 } else { n });
+        }
+        return totals.result(a);
+    }
     if a.distinct {
         return aggregate_distinct(a, slot, width, values, counts);
     }
