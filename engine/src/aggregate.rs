@@ -4,27 +4,26 @@
 //!
 //! ```text
 //!   rows key ++ inputs ──exchange by key──▶ Aggregate ──(key ++ aggregates) changes──▶
-//!                                            per group: its key and the sorted
-//!                                            multiset of its inputs, flat, in one
-//!                                            vector (and their counts)
+//!                                            per group: its row (key, then the
+//!                                            aggregates last emitted) and the
+//!                                            sorted multiset of its inputs, flat
 //! ```
 //!
 //! The operator's input rows are the group key's values followed by one value per
 //! distinct aggregate input ([`inputs`]): the map that builds them from an event runs
 //! before the operator (in the view's input, where it can: see `dataflow::keyed`), so
 //! that one row carries each event here and the operator moves its values into the
-//! group rather than copying them; the row keeps its key and becomes the group's new
-//! row (it was made with room for the aggregates).
+//! group rather than copying them.
 //!
 //! Epochs are totally ordered and an epoch's output depends only on the updates through
 //! it, so the operator buffers updates by epoch and, once the input frontier has passed
 //! an epoch, applies it: each update goes to its group's sorted multiset (in place for a
 //! small group; a large one merges the epoch's consolidated updates once), and then each
 //! touched group recomputes its aggregates and emits a retraction of the old row and the
-//! new row if they differ (the old aggregates computed when the epoch first touched it).
-//! This is what differential's `reduce` computes for a total order, without the two
-//! arrangements (input and output, each a sorted spine merged in the background with a
-//! history per key) that a partially ordered time needs: see docs/architecture.md.
+//! new row if they differ. This is what differential's `reduce` computes for a
+//! total order, without the two arrangements (input and output, each a sorted spine
+//! merged in the background with a history per key) that a partially ordered time needs:
+//! see docs/architecture.md.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -72,99 +71,20 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
     (inputs, slots)
 }
 
-/// One group: its key and the sorted multiset of its inputs, flat, in one vector:
-/// `values` is the key's values, then each entry's `width` values (the operator's width),
-/// and `counts` each entry's count, never zero. (One allocation of exactly the values a
-/// group holds, not three: the row it last emitted is not kept, its aggregates are
-/// computed again when an epoch first touches it, and the store keeps the row itself.
-/// engine-window's groups took 232 bytes each with their row, inputs and counts apart:
-/// docs/benchmarks.md.) A group of [`KEEP_AGGREGATES`] entries or more, whose aggregates
-/// cost a walk over them, keeps the aggregates it last emitted after its entries instead
-/// (`values` is then the key, the entries, and one value per aggregate).
+/// One group: its row (its key, then the aggregates last emitted for it: none before
+/// the first) and the sorted multiset of its inputs, flat: each entry is `width`
+/// consecutive values of `values` (the operator's width) and its count in `counts`,
+/// never zero. (One allocation for all of a group's inputs, not one per input.)
 ///
 /// In a grouping whose aggregates are all running totals ([`Groups::summed`]), a group
-/// keeps no inputs: `values` is its key and `counts` holds its totals, its number of rows
+/// keeps no inputs: `values` is empty and `counts` holds its totals, its number of rows
 /// and then each aggregate's count of non-NULL inputs and integer sum (empty once the
 /// rows cancel, as the multiset would be).
 #[derive(Default)]
 struct Group {
+    row: Row,
     values: Vec<Value>,
-    counts: Counts,
-}
-
-/// How many entries a group holds before it keeps its last aggregates rather than
-/// computing them again when an epoch first touches it. (Computing them again for every
-/// group cost engine-hop, whose groups hold tens of values, 8% more instructions.)
-const KEEP_AGGREGATES: usize = 8;
-
-/// A group's counts, read as a slice: one inline (most groups hold one entry: a vector
-/// of one count was an allocation of its own per group, and a cache miss on every change
-/// to it), more in a vector of exactly their number.
-enum Counts {
-    One(isize),
-    Many(Vec<isize>),
-}
-
-// (the vector's capacity has room for the tag)
-const _: () = assert!(std::mem::size_of::<Counts>() == 24);
-
-impl Default for Counts {
-    fn default() -> Counts {
-        Counts::Many(Vec::new())
-    }
-}
-
-impl From<Vec<isize>> for Counts {
-    fn from(counts: Vec<isize>) -> Counts {
-        match counts[..] {
-            [one] => Counts::One(one),
-            _ => Counts::Many(counts),
-        }
-    }
-}
-
-impl std::ops::Deref for Counts {
-    type Target = [isize];
-    #[inline]
-    fn deref(&self) -> &[isize] {
-        match self {
-            Counts::One(n) => std::slice::from_ref(n),
-            Counts::Many(counts) => counts,
-        }
-    }
-}
-
-impl std::ops::DerefMut for Counts {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut [isize] {
-        match self {
-            Counts::One(n) => std::slice::from_mut(n),
-            Counts::Many(counts) => counts,
-        }
-    }
-}
-
-impl Counts {
-    fn insert(&mut self, at: usize, n: isize) {
-        match self {
-            Counts::One(m) => *self = Counts::Many(if at == 0 { vec![n, *m] } else { vec![*m, n] }),
-            Counts::Many(counts) if counts.is_empty() => *self = Counts::One(n),
-            Counts::Many(counts) => counts.insert(at, n),
-        }
-    }
-
-    fn remove(&mut self, at: usize) {
-        match self {
-            Counts::One(_) => self.clear(),
-            Counts::Many(counts) => {
-                counts.remove(at);
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        *self = Counts::default();
-    }
+    counts: Vec<isize>,
 }
 
 /// A vector kept in chunks of a fixed size, so that growing it never moves what it
@@ -216,7 +136,7 @@ impl<T> std::ops::IndexMut<usize> for Slab<T> {
 }
 
 /// The groups of one worker: a slab of groups and a hash table of slab positions by key
-/// (each key is held once, at the start of its group's values; the table keeps each key's
+/// (each key is held once, at the start of its group's row; the table keeps each key's
 /// hash beside its position, so growing the table does not hash the keys again).
 #[derive(Default)]
 struct Groups {
@@ -238,13 +158,11 @@ struct Groups {
     touched: Vec<bool>,
     free: Vec<usize>,
     hasher: foldhash::fast::FixedState,
-    /// The aggregates being computed, and an epoch's touched groups and their aggregates
-    /// before it (see [`apply`]): kept between epochs for their room. (Grown from empty
-    /// in every epoch, doubling to 10,000 entries and more, they took 2% of engine-window's
-    /// worker.)
+    /// The aggregates being computed, and an epoch's touched groups (see [`apply`]): kept
+    /// between epochs for their room. (Grown from empty in every epoch, doubling to
+    /// 10,000 entries and more, the list took 1% of engine-window's worker.)
     scratch: Row,
-    touched_list: Vec<(usize, Option<usize>, Option<Row>)>,
-    before: Vec<Value>,
+    touched_list: Vec<(usize, bool)>,
 }
 
 impl Groups {
@@ -263,20 +181,15 @@ impl Groups {
         spread(self.hasher.hash_one(key) as u32)
     }
 
-    /// How many of a group's values are its key.
-    fn key_of(&self, group: &Group) -> usize {
-        self.key_len.unwrap_or(group.values.len())
-    }
-
     /// The slab position of the key's group, if it has one.
     fn find(&self, hash: u64, key: &[Value]) -> Option<usize> {
         let k = key.len();
-        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].values[..k] == *key).map(|(_, i)| *i as usize)
+        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].row[..k] == *key).map(|(_, i)| *i as usize)
     }
 
-    /// Makes a group of the update's row: a copy of its key, and its inputs (moved) as the
-    /// group's one entry. The row keeps its key (and its room, for the group's output row).
-    fn insert(&mut self, hash: u64, row: &mut Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> usize {
+    /// Makes a group of the update's row: its key stays as the group's row, its inputs
+    /// become the group's one entry (and any values after them are dropped).
+    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> usize {
         let i = self.free.pop().unwrap_or_else(|| {
             self.slab.push(Group::default());
             self.touched.push(false);
@@ -284,19 +197,17 @@ impl Groups {
         });
         let group = &mut self.slab[i];
         if self.summed {
-            group.counts = Counts::Many(vec![0; 1 + 2 * aggregates.len()]);
+            group.counts.resize(1 + 2 * aggregates.len(), 0);
             add(&mut group.counts, aggregates, &row[k..], diff);
-            group.values = row[..k].to_vec();
         } else {
-            // (exactly the room one entry takes: most groups get one, and a vector's first
-            // push would leave room for four)
-            let mut values = Vec::with_capacity(k + self.width);
-            values.extend_from_slice(&row[..k]);
-            values.extend(row.drain(k..k + self.width));
-            group.values = values;
-            group.counts = Counts::One(diff);
+            // (room for a second entry, as a vector's first push would leave: most groups get one)
+            group.values.reserve_exact(2 * self.width);
+            group.values.extend(row.drain(k..k + self.width));
+            group.counts.reserve_exact(2);
+            group.counts.push(diff);
         }
         row.truncate(k);
+        group.row = row;
         let at = u32::try_from(i).expect("fewer than 2^32 groups on a worker");
         self.table.insert_unique(hash, (hash as u32, at), |(h, _)| spread(*h));
         i
@@ -305,31 +216,12 @@ impl Groups {
     /// Forgets a group (its values are gone).
     fn remove(&mut self, i: usize) -> Group {
         let group = std::mem::take(&mut self.slab[i]);
-        let hash = self.hash(&group.values[..self.key_of(&group)]);
+        let hash = self.hash(&group.row[..self.key_len(&group.row)]);
         if let Ok(entry) = self.table.find_entry(hash, |(_, j)| *j as usize == i) {
             entry.remove();
         }
         self.free.push(i);
         group
-    }
-
-    /// The aggregates a group keeps after its entries (see [`KEEP_AGGREGATES`]), if any.
-    fn kept<'g>(&self, group: &'g Group) -> &'g [Value] {
-        match self.key_len {
-            Some(k) if !self.summed => &group.values[k + group.counts.len() * self.width..],
-            _ => &[],
-        }
-    }
-
-    /// A group's aggregates, appended to `out`.
-    fn aggregates(&self, group: &Group, aggregates: &[(Aggregate, Slot)], out: &mut Vec<Value>) {
-        if self.summed {
-            out.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed(a, group.counts[1 + 2 * j], group.counts[2 + 2 * j])));
-        } else {
-            let k = self.key_of(group);
-            let inputs = &group.values[k..k + group.counts.len() * self.width];
-            out.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, self.width, inputs, &group.counts)));
-        }
     }
 }
 
@@ -440,52 +332,37 @@ const IN_PLACE: usize = 8;
 
 /// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
 fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = (Row, isize)>, mut emit: impl FnMut(Row, isize)) {
-    // the groups the epoch touches, in the order it first does: each with where its
-    // aggregates before the epoch are in `before` (none if it is new) and a row of its key
-    // to become its new row, if an update left one (its room was made for that: see
-    // `dataflow::hoist`)
+    // the groups the epoch touches, in the order it first does, and whether each was empty
     let mut touched = std::mem::take(&mut groups.touched_list);
-    let mut before = std::mem::take(&mut groups.before);
     // changes to large groups (whole rows: their inputs follow the key), merged below
     let mut deferred: Vec<(usize, Row, isize)> = Vec::new();
     let width = groups.width;
-    for (mut row, diff) in updates {
+    for (row, diff) in updates {
         let k = groups.key_len(&row);
         let hash = groups.hash(&row[..k]);
         let Some(i) = groups.find(hash, &row[..k]) else {
-            let i = groups.insert(hash, &mut row, k, diff, aggregates);
+            let i = groups.insert(hash, row, k, diff, aggregates);
             groups.touched[i] = true;
-            touched.push((i, None, Some(row)));
+            touched.push((i, true));
             continue;
         };
-        let first = !groups.touched[i];
-        if first {
+        if !groups.touched[i] {
             groups.touched[i] = true;
-            let at = before.len();
-            match groups.kept(&groups.slab[i]) {
-                [] => groups.aggregates(&groups.slab[i], aggregates, &mut before),
-                kept => before.extend_from_slice(kept),
-            }
-            touched.push((i, Some(at), None));
+            touched.push((i, groups.slab[i].counts.is_empty()));
         }
         let group = &mut groups.slab[i];
         if groups.summed {
             if group.counts.is_empty() {
-                group.counts = Counts::Many(vec![0; 1 + 2 * aggregates.len()]);
+                group.counts.resize(1 + 2 * aggregates.len(), 0);
             }
             add(&mut group.counts, aggregates, &row[k..], diff);
             if group.counts[0] == 0 {
                 group.counts.clear();
             }
         } else if group.counts.len() < IN_PLACE {
-            change(group, width, &mut row, k, diff);
+            change(group, width, row, k, diff);
         } else {
             deferred.push((i, row, diff));
-            continue;
-        }
-        if first {
-            row.truncate(k);
-            touched.last_mut().expect("just pushed").2 = Some(row);
         }
     }
     if !deferred.is_empty() {
@@ -494,66 +371,44 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let inputs = groups.key_len.map_or(0..0, |k| k..k + width);
         let order = sorted_by_prefix(&deferred, |(i, row, _)| (*i, &row[inputs.clone()]));
         for run in order.chunk_by(|a, b| deferred[*a as usize].0 == deferred[*b as usize].0) {
-            let i = deferred[run[0] as usize].0;
-            let k = groups.key_of(&groups.slab[i]);
-            merge(&mut groups.slab[i], k, width, aggregates.len(), run.iter().map(|n| {
+            let group = &mut groups.slab[deferred[run[0] as usize].0];
+            merge(group, width, run.iter().map(|n| {
                 let (_, row, diff) = &deferred[*n as usize];
                 (&row[inputs.clone()], *diff)
             }));
         }
     }
-    let n = aggregates.len();
-    let row_of = |key: &[Value], values: &[Value]| {
-        let mut row = Vec::with_capacity(key.len() + n);
-        row.extend_from_slice(key);
-        row.extend_from_slice(values);
-        row
-    };
-    let mut now = std::mem::take(&mut groups.scratch);
-    for (i, old, row) in touched.drain(..) {
+    for (i, was_empty) in touched.drain(..) {
         groups.touched[i] = false;
-        let group = &groups.slab[i];
-        let k = groups.key_of(group);
+        let k = groups.key_len;
+        let group = &mut groups.slab[i];
+        let k = k.unwrap_or(group.row.len());
         if group.counts.is_empty() {
             // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
-            if let Some(at) = old {
-                emit(row_of(&group.values[..k], &before[at..at + n]), -1);
+            if !was_empty {
+                emit(group.row, -1);
             }
             continue;
         }
+        let now = &mut groups.scratch;
         now.clear();
-        groups.aggregates(group, aggregates, &mut now);
-        if !groups.summed && n > 0 {
-            let end = k + group.counts.len() * width;
-            let keep = group.counts.len() >= KEEP_AGGREGATES;
-            let group = &mut groups.slab[i];
-            group.values.truncate(end);
-            if keep {
-                group.values.reserve_exact(n);
-                group.values.extend_from_slice(&now);
-            }
+        if groups.summed {
+            now.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed(a, group.counts[1 + 2 * j], group.counts[2 + 2 * j])));
+        } else {
+            now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
         }
-        let group = &groups.slab[i];
-        if let Some(at) = old {
-            if before[at..at + n] == now[..] {
-                continue;
-            }
-            emit(row_of(&group.values[..k], &before[at..at + n]), -1);
+        if was_empty {
+            group.row.extend_from_slice(now);
+            emit(group.row.clone(), 1);
+        } else if group.row[k..] != now[..] {
+            emit(group.row.clone(), -1);
+            group.row.truncate(k);
+            group.row.extend_from_slice(now);
+            emit(group.row.clone(), 1);
         }
-        let new = match row {
-            Some(mut row) => {
-                row.extend_from_slice(&now);
-                row
-            }
-            None => row_of(&group.values[..k], &now),
-        };
-        emit(new, 1);
     }
-    groups.scratch = now;
-    before.clear();
     groups.touched_list = touched;
-    groups.before = before;
 }
 
 /// Adds a change (`diff` times the row's inputs, after its key) to a group's running
@@ -601,45 +456,37 @@ fn search(values: &[Value], counts: &[isize], width: usize, inputs: &[Value]) ->
     Err(lo)
 }
 
-/// Applies one change (the `width` inputs after the row's key, `k` values, which the
-/// group's values also start with) to a group's entries in place, dropping the entry if
-/// its count cancels. The row's inputs move to a new entry.
-fn change(group: &mut Group, width: usize, row: &mut Row, k: usize, diff: isize) {
-    match search(&group.values[k..], &group.counts, width, &row[k..k + width]) {
+/// Applies one change (the `width` inputs after the row's key) to a group's entries in
+/// place, dropping the entry if its count cancels.
+fn change(group: &mut Group, width: usize, mut row: Row, k: usize, diff: isize) {
+    match search(&group.values, &group.counts, width, &row[k..k + width]) {
         Ok(at) => {
             group.counts[at] += diff;
             if group.counts[at] == 0 {
                 group.counts.remove(at);
-                group.values.drain(k + at * width..k + (at + 1) * width);
+                group.values.drain(at * width..(at + 1) * width);
             }
         }
         Err(at) => {
-            // (room for exactly a second entry: most groups stay small; a third and more
-            // grow the vectors by doubling, as a change per entry took a reallocation)
             group.counts.insert(at, diff);
-            if group.counts.len() == 2 {
-                group.values.reserve_exact(width);
-            }
             if width == 1 {
-                group.values.insert(k + at, std::mem::replace(&mut row[k], Value::Null));
+                group.values.insert(at, std::mem::replace(&mut row[k], Value::Null));
             } else {
-                group.values.splice(k + at * width..k + at * width, row.drain(k..k + width));
+                group.values.splice(at * width..at * width, row.drain(k..k + width));
             }
         }
     }
 }
 
-/// Merges sorted changes (equal inputs may repeat) into the entries of a group whose
-/// values start with `k` of its key, dropping what cancels (and any aggregates kept
-/// after the entries, leaving room for `room_after` values there). The entries' values
-/// move to the merged entries; only a new entry's values are copied from its change.
-fn merge<'a>(group: &mut Group, k: usize, width: usize, room_after: usize, changes: impl Iterator<Item = (&'a [Value], isize)>) {
+/// Merges sorted changes (equal inputs may repeat) into a group's sorted entries,
+/// dropping what cancels. The entries' values move to the merged entries; only a new
+/// entry's values are copied from its change.
+fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a [Value], isize)>) {
     let counts = std::mem::take(&mut group.counts);
     let mut old = std::mem::take(&mut group.values).into_iter();
     let mut changes = changes.peekable();
     let room = counts.len() + changes.size_hint().0;
-    let mut values: Vec<Value> = Vec::with_capacity(k + room * width + room_after);
-    values.extend(old.by_ref().take(k));
+    let mut values: Vec<Value> = Vec::with_capacity(room * width);
     let mut merged: Vec<isize> = Vec::with_capacity(room);
     // the sum of the next change and every change equal to it
     let next_change = |changes: &mut std::iter::Peekable<_>| {
@@ -649,7 +496,7 @@ fn merge<'a>(group: &mut Group, k: usize, width: usize, room_after: usize, chang
         }
         Some((inputs, n))
     };
-    for &n in counts.iter() {
+    for n in counts {
         let entry = &old.as_slice()[..width];
         // the changes before this entry are new entries
         while changes.peek().is_some_and(|(inputs, _)| cmp_values(inputs, entry) == Ordering::Less) {
@@ -678,9 +525,8 @@ fn merge<'a>(group: &mut Group, k: usize, width: usize, room_after: usize, chang
         }
     }
     group.values = values;
-    group.counts = Counts::from(merged);
+    group.counts = merged;
 }
-
 
 /// Calls `f` with the value of slot `Column(c)` of each entry with a positive count, and the count.
 #[inline]
@@ -750,19 +596,6 @@ fn aggregate(a: &Aggregate, slot: &Slot, width: usize, values: &[Value], counts:
 
 /// `func(DISTINCT …)`: each distinct non-NULL value once.
 fn aggregate_distinct(a: &Aggregate, slot: &Slot, width: usize, values: &[Value], counts: &[isize]) -> Value {
-    let mut totals = Totals::default();
-    if let Slot::Column(0) = slot {
-        // (the entries are sorted by their first input: equal values are neighbours, and
-        // each distinct one counts once without a sort)
-        let mut previous: Option<&Value> = None;
-        each_in_column(0, width, values, counts, |v, _| {
-            if !v.is_null() && previous != Some(v) {
-                totals.add(a.func, v, 1);
-                previous = Some(v);
-            }
-        });
-        return totals.result(a);
-    }
     let mut distinct: Vec<&Value> = match slot {
         Slot::Column(c) => {
             let mut present = Vec::with_capacity(counts.len());
@@ -778,6 +611,7 @@ fn aggregate_distinct(a: &Aggregate, slot: &Slot, width: usize, values: &[Value]
     };
     distinct.sort();
     distinct.dedup();
+    let mut totals = Totals::default();
     for v in distinct {
         totals.add(a.func, v, 1);
     }
@@ -854,28 +688,24 @@ mod tests {
         vec![(count, Slot::Constant(Value::Int(1))), (max, Slot::Column(0))]
     }
 
-    /// A group of key `key` holding these entries (each `width` values).
-    fn group_of(key: &[Value], entries: &[(Row, isize)]) -> Group {
-        Group { values: key.iter().chain(entries.iter().flat_map(|(r, _)| r)).cloned().collect(), counts: Counts::from(entries.iter().map(|(_, n)| *n).collect::<Vec<_>>()) }
+    /// A group holding these entries (each `width` values).
+    fn group_of(entries: &[(Row, isize)]) -> Group {
+        Group { row: Vec::new(), values: entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), counts: entries.iter().map(|(_, n)| *n).collect() }
     }
 
-    /// A group's entries, after its key (which it must still start with).
-    fn entries_of(group: &Group, key: &[Value], width: usize) -> Vec<(Row, isize)> {
-        let k = key.len();
-        assert_eq!(&group.values[..k], key);
-        group.counts.iter().enumerate().map(|(j, n)| (group.values[k + j * width..k + (j + 1) * width].to_vec(), *n)).collect()
+    fn entries_of(group: &Group, width: usize) -> Vec<(Row, isize)> {
+        group.counts.iter().enumerate().map(|(j, n)| (group.values[j * width..(j + 1) * width].to_vec(), *n)).collect()
     }
 
     #[test]
     fn merging_keeps_the_multiset_sorted_and_drops_what_cancels() {
-        let key = row(&[42]);
-        let mut group = group_of(&key, &[(row(&[1, 0]), 2), (row(&[3, 0]), 1), (row(&[5, 0]), 1)]);
+        let mut group = group_of(&[(row(&[1, 0]), 2), (row(&[3, 0]), 1), (row(&[5, 0]), 1)]);
         let changes = [(row(&[0, 0]), 1), (row(&[3, 0]), -1), (row(&[4, 0]), 1), (row(&[4, 0]), 1), (row(&[5, 0]), 1), (row(&[9, 0]), -1)];
-        merge(&mut group, 1, 2, 0, changes.iter().map(|(r, d)| (&r[..], *d)));
-        assert_eq!(entries_of(&group, &key, 2), vec![(row(&[0, 0]), 1), (row(&[1, 0]), 2), (row(&[4, 0]), 2), (row(&[5, 0]), 2), (row(&[9, 0]), -1)]);
-        let mut group = group_of(&key, &[(row(&[1, 0]), 1)]);
-        merge(&mut group, 1, 2, 0, [(&row(&[1, 0])[..], -1)].into_iter());
-        assert!(group.counts.is_empty() && group.values == key);
+        merge(&mut group, 2, changes.iter().map(|(r, d)| (&r[..], *d)));
+        assert_eq!(entries_of(&group, 2), vec![(row(&[0, 0]), 1), (row(&[1, 0]), 2), (row(&[4, 0]), 2), (row(&[5, 0]), 2), (row(&[9, 0]), -1)]);
+        let mut group = group_of(&[(row(&[1, 0]), 1)]);
+        merge(&mut group, 2, [(&row(&[1, 0])[..], -1)].into_iter());
+        assert!(group.counts.is_empty() && group.values.is_empty());
     }
 
     #[test]
@@ -890,17 +720,16 @@ mod tests {
             }
             expected.retain(|_, d| *d != 0);
             let expected: Vec<(Row, isize)> = expected.into_iter().collect();
-            let key = row(&[7]);
-            let mut in_place = group_of(&key, &values);
-            for (mut r, d) in changes.clone() {
-                change(&mut in_place, 2, &mut r, 1, d);
+            let mut in_place = group_of(&values);
+            for (r, d) in changes.clone() {
+                change(&mut in_place, 2, r, 1, d);
             }
-            assert_eq!(entries_of(&in_place, &key, 2), expected, "{n} values, {k} changes in place");
+            assert_eq!(entries_of(&in_place, 2), expected, "{n} values, {k} changes in place");
             let mut sorted = changes.clone();
             sorted.sort();
-            let mut merged = group_of(&key, &values);
-            merge(&mut merged, 1, 2, 0, sorted.iter().map(|(r, d)| (&r[1..], *d)));
-            assert_eq!(entries_of(&merged, &key, 2), expected, "{n} values, {k} changes merged");
+            let mut merged = group_of(&values);
+            merge(&mut merged, 2, sorted.iter().map(|(r, d)| (&r[1..], *d)));
+            assert_eq!(entries_of(&merged, 2), expected, "{n} values, {k} changes merged");
         }
     }
 
@@ -920,24 +749,6 @@ mod tests {
         // nothing present: NULL
         let (a, slot) = agg(AggFunc::Max, 0);
         assert_eq!(aggregate(&a, &slot, 2, &values[..4], &[2, -1]), Value::Null);
-    }
-
-    #[test]
-    fn distinct_aggregates_of_either_input_count_each_present_value_once() {
-        // entries (first, second), sorted; the first input is read in order without a
-        // sort, the second is sorted: both must agree with counting the distinct values
-        let (null, int) = (Value::Null, Value::Int);
-        let values = vec![null.clone(), int(4), int(1), null, int(1), int(1), int(1), int(2), int(3), int(2), int(5), int(2), int(5), int(9)];
-        let counts = vec![1, 2, 1, 3, 1, -1, 2];
-        let distinct = |func, c| {
-            let a = Aggregate { func, arg: Scalar::Column(c), distinct: true, filter: None, output: DataType::Int };
-            aggregate(&a, &Slot::Column(c), 2, &values, &counts)
-        };
-        // present: (NULL,4) (1,NULL) (1,1) (1,2) (3,2) (5,9); (5,2) is retracted
-        assert_eq!(distinct(AggFunc::Count, 0), int(3));
-        assert_eq!(distinct(AggFunc::Sum, 0), int(9));
-        assert_eq!(distinct(AggFunc::Count, 1), int(4));
-        assert_eq!(distinct(AggFunc::Sum, 1), int(16));
     }
 
     #[test]

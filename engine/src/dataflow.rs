@@ -1095,7 +1095,7 @@ fn hoist(node: &Node, inputs: &mut Vec<Hoisted>) -> Node {
             if let Node::Scan { source } = input
                 && let Some(RowStep::Map { capacity, .. }) = inputs[source].steps.last_mut()
             {
-                // room for the aggregates: the row becomes its group's new row (`aggregate::apply`)
+                // room for the aggregates: the row becomes its group's when it starts one
                 *capacity = (*capacity).max(keys.len() + aggregates.len());
             }
             Node::Aggregate { input: Box::new(input), keys: keys.clone(), aggregates: aggregates.clone() }
@@ -1208,7 +1208,7 @@ mod tests {
         assert!(aggregates.iter().all(|a| a.filter.is_none()));
         let slots = keyed_slots(keys, aggregates).expect("in keyed form");
         assert_eq!(slots[3], crate::aggregate::Slot::Column(1));
-        // the map moves into the view's input, with room for the group's new row
+        // the map moves into the view's input, with room for the group's row
         let mut inputs = Vec::new();
         let hoisted = hoist(&keyed_plan, &mut inputs);
         assert!(matches!(&hoisted, Node::Aggregate { input, .. } if **input == Node::Scan { source: 0 }));
