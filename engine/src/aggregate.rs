@@ -159,8 +159,8 @@ struct Groups {
     free: Vec<usize>,
     hasher: foldhash::fast::FixedState,
     /// The aggregates being computed, and an epoch's touched groups (see [`apply`]): kept
-    /// between epochs for their room. (Grown from empty in every epoch, doubling to
-    /// 10,000 entries and more, the list took 1% of engine-window's worker.)
+    /// between epochs for their room. (Grown from empty, the list was reallocated a dozen
+    /// times an epoch, doubling to 10,000 entries and more.)
     scratch: Row,
     touched_list: Vec<(usize, bool)>,
 }
@@ -552,8 +552,8 @@ fn aggregate(a: &Aggregate, slot: &Slot, width: usize, values: &[Value], counts:
     if let [n] = *counts
         && n > 0
     {
-        // (most groups hold one entry: its value, `n` times, without the walk's iterators;
-        // they cost engine-window's worker 11% of its instructions)
+        // (most groups hold one entry: its value, `n` times, without the walk's iterators,
+        // which made this a tenth of engine-window's worker: docs/benchmarks.md)
         let v = match slot {
             Slot::Column(c) => &values[*c],
             Slot::Constant(v) => v,

@@ -230,7 +230,7 @@ struct ViewRuntime {
     output: Rc<RefCell<Vec<(Row, Epoch, isize)>>>,
     /// The vector `output` is swapped with when its changes are taken, empty: each keeps
     /// its room between rounds. (Taken whole and regrown from empty by doubling every
-    /// round, to 100,000 changes and more, it cost engine-window's worker 1%.)
+    /// round, to 100,000 changes and more, it cost engine-window's worker about 1%.)
     spare: Vec<(Row, Epoch, isize)>,
     /// Whether an epoch's output never repeats a row (see `Node::changes_are_consolidated`).
     consolidated: bool,
