@@ -159,8 +159,8 @@ struct Groups {
     free: Vec<usize>,
     hasher: foldhash::fast::FixedState,
     /// The aggregates being computed, and an epoch's touched groups (see [`apply`]): kept
-    /// between epochs for their room. (Grown from empty, the list was reallocated a dozen
-    /// times an epoch, doubling to 10,000 entries and more.)
+    /// between epochs for their room, up to [`KEEP_ROOM`] entries. (Grown from empty, the
+    /// list was reallocated a dozen times an epoch, doubling to 10,000 entries and more.)
     scratch: Row,
     touched_list: Vec<(usize, bool)>,
 }
@@ -408,8 +408,13 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             emit(group.row.clone(), 1);
         }
     }
+    // (a view's first epoch holds every retained event: millions of groups)
+    touched.shrink_to(KEEP_ROOM);
     groups.touched_list = touched;
 }
+
+/// How many entries the list of an epoch's touched groups keeps room for between epochs.
+const KEEP_ROOM: usize = 1 << 17;
 
 /// Adds a change (`diff` times the row's inputs, after its key) to a group's running
 /// totals (see [`Group`]), with [`Totals`]' arithmetic: integer sums wrap, and an input

@@ -229,8 +229,9 @@ struct ViewRuntime {
     probe: ProbeHandle<Epoch>,
     output: Rc<RefCell<Vec<(Row, Epoch, isize)>>>,
     /// The vector `output` is swapped with when its changes are taken, empty: each keeps
-    /// its room between rounds. (Taken whole and regrown from empty by doubling every
-    /// round, to 100,000 changes and more, it cost engine-window's worker about 1%.)
+    /// its room between rounds, up to `SPARE_ROOM` changes. (Taken whole and regrown from
+    /// empty by doubling every round, to 100,000 changes and more, it cost engine-window's
+    /// worker about 1%.)
     spare: Vec<(Row, Epoch, isize)>,
     /// Whether an epoch's output never repeats a row (see `Node::changes_are_consolidated`).
     consolidated: bool,
@@ -736,6 +737,9 @@ fn create_view(
 }
 
 /// Hands every view's changes of completed epochs to the store.
+/// How many changes a view's spare output vector keeps room for (see `ViewRuntime::spare`).
+const SPARE_ROOM: usize = 1 << 17;
+
 fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Writer, last_epoch: Epoch) {
     let mut anomalies = Vec::new();
     let mut created_views = Vec::new();
@@ -774,6 +778,8 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
             }
         }
         drop(output);
+        // (a view's first epoch holds every retained event's changes: millions)
+        pending.shrink_to(SPARE_ROOM);
         v.spare = pending;
         for (epoch, mut changes) in ready {
             if v.consolidated {
