@@ -38,7 +38,7 @@ use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate};
 use crate::schema::DataType;
 use crate::time::Epoch;
-use crate::value::{cmp_values, sorted_by_prefix, Row, Value};
+use crate::value::{cmp_values, hash_row, sorted_by_prefix, Row, Value};
 
 /// Where an aggregate finds its input value for each event.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,7 +74,11 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
 /// One group: its row (its key, then the aggregates last emitted for it: none before
 /// the first) and the sorted multiset of its inputs, flat: each entry is `width`
 /// consecutive values of `values` (the operator's width) and its count in `counts`,
-/// never zero. (One allocation for all of a group's inputs, not one per input.)
+/// never zero. (One allocation for all of a group's inputs, not one per input; and
+/// none for a group of one entry of one input, or two counts, which the vectors hold
+/// inline in the room a vector's pointer and length take: most of engine-window's
+/// groups hold one event, and two allocations per group were 48 of its ~505 bytes per
+/// live row and a tenth of the grouping's instructions: docs/benchmarks.md.)
 ///
 /// In a grouping whose aggregates are all running totals ([`Groups::summed`]), a group
 /// keeps no inputs: `values` is empty and `counts` holds its totals, its number of rows
@@ -83,9 +87,14 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
 #[derive(Default)]
 struct Group {
     row: Row,
-    values: Vec<Value>,
-    counts: Vec<isize>,
+    values: Values,
+    counts: Counts,
 }
+
+/// A group's input values ([`Group`]): one inline.
+type Values = smallvec::SmallVec<[Value; 1]>;
+/// A group's counts ([`Group`]): two inline.
+type Counts = smallvec::SmallVec<[isize; 2]>;
 
 /// A vector kept in chunks of a fixed size, so that growing it never moves what it
 /// holds. (A plain vector of groups doubles by copying every group into fresh memory,
@@ -157,7 +166,6 @@ struct Groups {
     /// Beside the slab: whether the epoch being applied has touched the group yet.
     touched: Vec<bool>,
     free: Vec<usize>,
-    hasher: foldhash::fast::FixedState,
     /// The aggregates being computed, and an epoch's touched groups (see [`apply`]): kept
     /// between epochs for their room, up to [`KEEP_ROOM`] entries. (Grown from empty, the
     /// list was reallocated a dozen times an epoch, doubling to 10,000 entries and more.)
@@ -178,7 +186,7 @@ impl Groups {
     /// A key's hash in the table: 32 bits, spread over the 64 the table takes (see
     /// [`spread`]), so that an entry keeps the whole of it in half the room.
     fn hash(&self, key: &[Value]) -> u64 {
-        spread(self.hasher.hash_one(key) as u32)
+        spread(hash_row(key, 0) as u32)
     }
 
     /// The slab position of the key's group, if it has one.
@@ -200,10 +208,11 @@ impl Groups {
             group.counts.resize(1 + 2 * aggregates.len(), 0);
             add(&mut group.counts, aggregates, &row[k..], diff);
         } else {
-            // (room for a second entry, as a vector's first push would leave: most groups get one)
-            group.values.reserve_exact(2 * self.width);
-            group.values.extend(row.drain(k..k + self.width));
-            group.counts.reserve_exact(2);
+            if self.width == 1 {
+                group.values.push(std::mem::replace(&mut row[k], Value::Null));
+            } else {
+                group.values.extend(row.drain(k..k + self.width));
+            }
             group.counts.push(diff);
         }
         row.truncate(k);
@@ -398,13 +407,15 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         } else {
             now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
         }
+        // (the aggregates move into the row: copied, then dropped from the scratch row,
+        // they cost engine-window's worker 4%)
         if was_empty {
-            group.row.extend_from_slice(now);
+            group.row.append(now);
             emit(group.row.clone(), 1);
         } else if group.row[k..] != now[..] {
             emit(group.row.clone(), -1);
             group.row.truncate(k);
-            group.row.extend_from_slice(now);
+            group.row.append(now);
             emit(group.row.clone(), 1);
         }
     }
@@ -477,7 +488,7 @@ fn change(group: &mut Group, width: usize, mut row: Row, k: usize, diff: isize) 
             if width == 1 {
                 group.values.insert(at, std::mem::replace(&mut row[k], Value::Null));
             } else {
-                group.values.splice(at * width..at * width, row.drain(k..k + width));
+                group.values.insert_many(at * width, row.drain(k..k + width));
             }
         }
     }
@@ -529,8 +540,8 @@ fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a
             merged.push(m);
         }
     }
-    group.values = values;
-    group.counts = merged;
+    group.values = Values::from_vec(values);
+    group.counts = Counts::from_vec(merged);
 }
 
 /// Calls `f` with the value of slot `Column(c)` of each entry with a positive count, and the count.

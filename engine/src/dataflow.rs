@@ -820,11 +820,9 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
 /// is compared only with those of an equal hash. (A table instead of sorting the
 /// hashes: `nexmark-q0` spent 14% of its dataflow thread's instructions in that sort.)
 fn consolidate(changes: &mut Vec<(Row, isize)>) {
-    use std::hash::BuildHasher;
-    let hasher = foldhash::fast::FixedState::with_seed(0);
     let mut first: hashbrown::HashTable<(u64, usize)> = hashbrown::HashTable::with_capacity(changes.len());
     for j in 0..changes.len() {
-        let hash = hasher.hash_one(&changes[j].0);
+        let hash = crate::value::hash_row(&changes[j].0, 0);
         match first.find(hash, |&(h, i)| h == hash && changes[i].0 == changes[j].0).map(|&(_, i)| i) {
             Some(i) => {
                 let diff = std::mem::take(&mut changes[j].1);

@@ -29,7 +29,7 @@ use timely::dataflow::operators::{Capability, Operator};
 use crate::aggregate::{stash, Update};
 use crate::expr::{eval_all, Scalar};
 use crate::time::Epoch;
-use crate::value::{sorted_by_prefix, Row, Value};
+use crate::value::{hash_row, sorted_by_prefix, Row, Value};
 
 /// A key's rows on one side: sorted, each with its count (never zero).
 struct Keyed {
@@ -167,19 +167,18 @@ struct Joining<F> {
     combine: F,
     left: Side,
     right: Side,
-    hasher: foldhash::fast::FixedState,
     deferred: Vec<(usize, Row, isize)>,
 }
 
 impl<F: Fn(&Row, &Row) -> Option<Row>> Joining<F> {
     fn new(left_keys: Vec<Scalar>, right_keys: Vec<Scalar>, combine: F) -> Joining<F> {
-        Joining { left_keys, right_keys, combine, left: Side::default(), right: Side::default(), hasher: foldhash::fast::FixedState::default(), deferred: Vec::new() }
+        Joining { left_keys, right_keys, combine, left: Side::default(), right: Side::default(), deferred: Vec::new() }
     }
 
     /// The row's join key and its hash, unless the key has a NULL.
     fn key(&self, keys: &[Scalar], row: &Row) -> Option<(u64, Row)> {
         let key = eval_all(keys, row);
-        (!key.iter().any(Value::is_null)).then(|| (self.hasher.hash_one(&key), key))
+        (!key.iter().any(Value::is_null)).then(|| (hash_row(&key, 0), key))
     }
 
     /// Applies one epoch's changes to both sides; `emit` gets the join's changes.

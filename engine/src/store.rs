@@ -14,14 +14,13 @@
 //! take a new snapshot.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{broadcast, watch};
 
 use crate::schema::Columns;
 use crate::time::Epoch;
-use crate::value::{Row, Value};
+use crate::value::{hash_row, Row, Value};
 
 /// A view's rows with their counts, each kept with its hash: growing the table moves
 /// entries without hashing a row again. (A row is a boxed slice, without a vector's
@@ -33,7 +32,7 @@ impl Table {
     /// Adds each change's count (`sign` = -1 subtracts them); rows that reach zero go.
     fn apply(&mut self, changes: &[(Row, isize)], sign: isize) {
         for (row, diff) in changes {
-            let hash = foldhash::fast::FixedState::default().hash_one(row);
+            let hash = hash_row(row, 0);
             match self.0.entry(hash, |(h, r, _)| *h == hash && r[..] == row[..], |(h, _, _)| *h) {
                 hashbrown::hash_table::Entry::Occupied(mut e) => {
                     let count = &mut e.get_mut().2;
