@@ -498,8 +498,10 @@ fn change(group: &mut Group, width: usize, mut row: Row, k: usize, diff: isize) 
 /// dropping what cancels. The entries' values move to the merged entries; only a new
 /// entry's values are copied from its change.
 fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a [Value], isize)>) {
-    let counts = std::mem::take(&mut group.counts);
-    let mut old = std::mem::take(&mut group.values).into_iter();
+    // (as vectors: a large group's are on the heap, and a vector's iterator is leaner;
+    // through the small vectors' iterators engine-hop took 3% more instructions)
+    let counts = std::mem::take(&mut group.counts).into_vec();
+    let mut old = std::mem::take(&mut group.values).into_vec().into_iter();
     let mut changes = changes.peekable();
     let room = counts.len() + changes.size_hint().0;
     let mut values: Vec<Value> = Vec::with_capacity(room * width);
