@@ -93,6 +93,7 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>,
     }
     let last = commands.len() as u64;
     let resident = super::rss_bytes();
+    let ticks = super::thread_ticks();
     let start = Instant::now();
     for c in commands {
         tx.send(c).map_err(|_| anyhow!("the dataflow worker stopped"))?;
@@ -101,6 +102,7 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>,
         return Err(anyhow!("the view did not catch up"));
     }
     let seconds = start.elapsed().as_secs_f64();
+    super::trace_threads(&ticks, &super::thread_ticks(), seconds);
     let grown = super::rss_bytes().saturating_sub(resident);
     let live_rows = view.snapshot().1.len();
     let _ = tx.send(Command::Shutdown);

@@ -230,6 +230,41 @@ pub fn rss_bytes() -> u64 {
     status_bytes("VmRSS:")
 }
 
+/// Each thread's CPU time so far (user + system, in the kernel's clock ticks, `USER_HZ`:
+/// 100 a second on Linux), by thread id, with the thread's name.
+pub fn thread_ticks() -> Vec<(u32, String, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let id: u32 = t.file_name()?.to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(t.join("comm")).ok()?.trim().to_string();
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            // (fields after the parenthesised name: state is the 3rd, utime the 14th, stime the 15th)
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some((id, name, ticks))
+        })
+        .collect()
+}
+
+/// With `BENCH_TRACE` set, prints each thread's CPU time between two [`thread_ticks`]
+/// readings and the wall time between them: how busy each thread was while timed.
+pub fn trace_threads(before: &[(u32, String, u64)], after: &[(u32, String, u64)], seconds: f64) {
+    if std::env::var_os("BENCH_TRACE").is_none() {
+        return;
+    }
+    let hz = 100.0;
+    eprintln!("threads while timed ({seconds:.3} s):");
+    for (id, name, ticks) in after {
+        let was = before.iter().find(|(i, _, _)| i == id).map_or(0, |(_, _, t)| *t);
+        if *ticks > was {
+            eprintln!("  {name:<16} {:>7.3} s CPU ({:>3.0}% of the wall time)", (ticks - was) as f64 / hz, 100.0 * (ticks - was) as f64 / hz / seconds);
+        }
+    }
+}
+
 /// A memory figure of `/proc/self/status` (0 where there is none).
 fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
