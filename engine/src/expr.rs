@@ -454,10 +454,30 @@ impl Scalar {
                 }
                 _ => Value::Null,
             },
-            Scalar::DateBin { stride_ms, origin_ms, arg } => match arg.eval(row) {
-                Value::Timestamp(t) => Value::Timestamp(bin(t, *stride_ms, *origin_ms)),
-                _ => Value::Null,
-            },
+            Scalar::DateBin { stride_ms, origin_ms, arg } => {
+                // (a window's usual argument is the time column, which the SQL front end
+                // casts to the timestamp type it already has: read in place, without two
+                // nested evaluations; engine-window's worker spent 3% in them)
+                let column = match &**arg {
+                    Scalar::Column(c) => Some(*c),
+                    Scalar::Cast(inner, DataType::Timestamp) => match **inner {
+                        Scalar::Column(c) if matches!(row[c], Value::Timestamp(_)) => Some(c),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let t = match column {
+                    Some(c) => match row[c] {
+                        Value::Timestamp(t) => Some(t),
+                        _ => None,
+                    },
+                    None => match arg.eval(row) {
+                        Value::Timestamp(t) => Some(t),
+                        _ => None,
+                    },
+                };
+                t.map_or(Value::Null, |t| Value::Timestamp(bin(t, *stride_ms, *origin_ms)))
+            }
             Scalar::DateTrunc { unit, arg } => match arg.eval(row) {
                 Value::Timestamp(t) => Value::Timestamp(unit.truncate(t)),
                 _ => Value::Null,
