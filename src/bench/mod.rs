@@ -306,6 +306,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--workers must be at least 1");
     }
     let workers = args.workers;
+    if let Some(dir) = std::env::var_os(recovery::RESTART_DIR) {
+        // (the `recovery` workload's restart, in a process of its own)
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return runtime.block_on(recovery::restart(std::path::Path::new(&dir), workers));
+    }
     let workloads: Vec<String> = if args.workloads.is_empty() { WORKLOADS.iter().map(|s| s.to_string()).collect() } else { args.workloads.clone() };
     for w in &workloads {
         if !WORKLOADS.contains(&w.as_str()) {
