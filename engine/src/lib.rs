@@ -27,6 +27,7 @@ pub mod expr;
 pub mod ingest;
 pub mod join;
 pub mod json;
+pub mod packed;
 pub mod plan;
 pub mod quota;
 pub mod schema;
