@@ -221,7 +221,7 @@ fn lake_files(dir: &std::path::Path) -> Vec<(String, u64)> {
     files
 }
 
-fn peak_rss_bytes() -> u64 {
+pub fn peak_rss_bytes() -> u64 {
     status_bytes("VmHWM:")
 }
 
@@ -311,16 +311,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         return runtime.block_on(recovery::restart(std::path::Path::new(&dir), workers));
     }
+    if let Some(dir) = std::env::var_os(recovery::INGEST_DIR) {
+        // (and its ingest, in another)
+        let events = Arc::new(match &args.input {
+            Some(path) => load_input(path)?,
+            None => generate(args.events),
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return runtime.block_on(recovery::ingest(std::path::Path::new(&dir), &events, workers));
+    }
     let workloads: Vec<String> = if args.workloads.is_empty() { WORKLOADS.iter().map(|s| s.to_string()).collect() } else { args.workloads.clone() };
     for w in &workloads {
         if !WORKLOADS.contains(&w.as_str()) {
             bail!("unknown workload {w}; known: {}", WORKLOADS.join(", "));
         }
     }
+    // (`recovery` makes its events in a process of its own)
     let events = Arc::new(match &args.input {
+        _ if workloads.iter().all(|w| w == "recovery") => Vec::new(),
         Some(path) => load_input(path)?,
         None => generate(args.events),
     });
+    let passed: Vec<String> = ["--events".to_string(), args.events.to_string(), "--workers".to_string(), workers.to_string()]
+        .into_iter()
+        .chain(args.input.iter().flat_map(|p| ["--input".to_string(), p.display().to_string()]))
+        .collect();
     let bids = Arc::new(if workloads.iter().any(|w| w.starts_with("nexmark")) { nexmark::bids(args.events) } else { Vec::new() });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut reports = Vec::new();
@@ -335,7 +350,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "engine-anomaly" => one(engine::run_on(w, bench_streams().remove(0), engine::WINDOW_SQL, Some(engine::DETECTOR), &events, workers)?),
             "ingest-http" => one(runtime.block_on(http::ingest(w, &events, workers))?),
             "freshness" => one(runtime.block_on(http::freshness(w, &events, args.rate, workers))?),
-            "recovery" => one(runtime.block_on(recovery::run(w, &events, workers))?),
+            "recovery" => one(recovery::run(w, &passed)?),
             "snapshot" => runtime.block_on(snapshot::run(&events, workers))?,
             "archive" => runtime.block_on(archive::run(&events, workers))?,
             w if w.starts_with("nexmark-") => one(nexmark::run(w, &bids, workers)?),
