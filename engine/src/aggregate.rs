@@ -404,21 +404,19 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         now.clear();
         if groups.summed {
             now.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed(a, group.counts[1 + 2 * j], group.counts[2 + 2 * j])));
+        } else if let [n] = *group.counts
+            && n > 0
+        {
+            // (a group of one entry, the usual one: each aggregate of its value, inline)
+            now.extend(aggregates.iter().map(|(a, slot)| {
+                let v = match slot {
+                    Slot::Column(c) => &group.values[*c],
+                    Slot::Constant(v) => v,
+                };
+                one_entry(a, v, if a.distinct { 1 } else { n as i64 })
+            }));
         } else {
-            if let [n] = *group.counts
-                && n > 0
-            {
-                // (a group of one entry, the usual one: each aggregate of its value, inline)
-                now.extend(aggregates.iter().map(|(a, slot)| {
-                    let v = match slot {
-                        Slot::Column(c) => &group.values[*c],
-                        Slot::Constant(v) => v,
-                    };
-                    one_entry(a, v, if a.distinct { 1 } else { n as i64 })
-                }));
-            } else {
-                now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
-            }
+            now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
         }
         // (the aggregates move into the row: copied, then dropped from the scratch row,
         // they cost engine-window's worker 4%)

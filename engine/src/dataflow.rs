@@ -736,10 +736,10 @@ fn create_view(
     Ok(())
 }
 
-/// Hands every view's changes of completed epochs to the store.
 /// How many changes a view's spare output vector keeps room for (see `ViewRuntime::spare`).
 const SPARE_ROOM: usize = 1 << 17;
 
+/// Hands every view's changes of completed epochs to the store.
 fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Writer, last_epoch: Epoch) {
     let mut anomalies = Vec::new();
     let mut created_views = Vec::new();

@@ -458,19 +458,17 @@ impl Scalar {
                 // (a window's usual argument is the time column, which the SQL front end
                 // casts to the timestamp type it already has: read in place, without two
                 // nested evaluations; engine-window's worker spent 3% in them)
-                let column = match &**arg {
-                    Scalar::Column(c) => Some(*c),
+                let in_place = match &**arg {
+                    Scalar::Column(c) => Some(&row[*c]),
                     Scalar::Cast(inner, DataType::Timestamp) => match **inner {
-                        Scalar::Column(c) if matches!(row[c], Value::Timestamp(_)) => Some(c),
+                        Scalar::Column(c) if matches!(row[c], Value::Timestamp(_)) => Some(&row[c]),
                         _ => None,
                     },
                     _ => None,
                 };
-                let t = match column {
-                    Some(c) => match row[c] {
-                        Value::Timestamp(t) => Some(t),
-                        _ => None,
-                    },
+                let t = match in_place {
+                    Some(Value::Timestamp(t)) => Some(*t),
+                    Some(_) => None,
                     None => match arg.eval(row) {
                         Value::Timestamp(t) => Some(t),
                         _ => None,

@@ -2,14 +2,14 @@
 //! for as long as they are live.
 //!
 //! ```text
-//!   word 0..h: the row's length (16 bits), then a 4-bit tag per value
+//!   word 0..h: the row's length (32 bits), then a 4-bit tag per value
 //!   word h..h+n: one word per value: the integer, the float's bits, the boolean, or the
 //!                string's / map's / list's shared pointer (holding one reference)
 //! ```
 //!
 //! A [`Row`] is a vector of 16-byte [`Value`]s: a view row of 7 values is 112 bytes,
 //! and 16 more for the boxed slice's length beside its pointer in the store's table.
-//! Packed, it is 64 bytes (one header word up to 12 values) behind a thin pointer: the
+//! Packed, it is 64 bytes (one header word up to 8 values) behind a thin pointer: the
 //! store's table entries are 24 bytes, not 32. (engine-window's rows: ~60 bytes less per
 //! live row; docs/benchmarks.md.) Strings, maps and lists stay shared, as in a `Value`:
 //! packing a row clones its values (a reference count each, none for lasting strings)
@@ -36,6 +36,9 @@ pub struct PackedRow(NonNull<u64>);
 unsafe impl Send for PackedRow {}
 unsafe impl Sync for PackedRow {}
 
+/// The nibbles of the header's first word that hold the row's length.
+const LENGTH_NIBBLES: usize = 8;
+
 const NULL: u64 = 0;
 const BOOL: u64 = 1;
 const INT: u64 = 2;
@@ -45,9 +48,9 @@ const TIMESTAMP: u64 = 5;
 const MAP: u64 = 6;
 const LIST: u64 = 7;
 
-/// Header words of a row of `n` values: 4 nibbles of length, then one per value.
+/// Header words of a row of `n` values: 8 nibbles of length, then one per value.
 fn header_words(n: usize) -> usize {
-    (4 + n).div_ceil(16)
+    (LENGTH_NIBBLES + n).div_ceil(16)
 }
 
 fn layout(n: usize) -> Layout {
@@ -55,10 +58,11 @@ fn layout(n: usize) -> Layout {
 }
 
 impl PackedRow {
-    /// Packs a row (of at most 65,535 values), cloning its values.
+    /// Packs a row, cloning its values.
     pub fn new(values: &[Value]) -> PackedRow {
         let n = values.len();
-        let length = u16::try_from(n).expect("a row of at most 65,535 values");
+        // (a row of 2^32 values would be 64 GiB of `Value`s before it was packed)
+        let length = u32::try_from(n).expect("a row of fewer than 2^32 values");
         let h = header_words(n);
         let layout = layout(n);
         // SAFETY: the layout has a nonzero size (one header word at least)
@@ -83,7 +87,7 @@ impl PackedRow {
                 Value::Map(m) => (MAP, Arc::into_raw(m.clone()) as u64),
                 Value::List(l) => (LIST, Arc::into_raw(l.clone()) as u64),
             };
-            let nibble = 4 + i;
+            let nibble = LENGTH_NIBBLES + i;
             if nibble < 16 {
                 first |= tag << (4 * nibble);
             } else {
@@ -105,7 +109,7 @@ impl PackedRow {
 
     /// How many values the row holds.
     pub fn len(&self) -> usize {
-        (self.word(0) & 0xffff) as usize
+        (self.word(0) & 0xffff_ffff) as usize
     }
 
     /// Whether the row has no values.
@@ -114,7 +118,7 @@ impl PackedRow {
     }
 
     fn tag(&self, i: usize) -> u64 {
-        let nibble = 4 + i;
+        let nibble = LENGTH_NIBBLES + i;
         (self.word(nibble / 16) >> (4 * (nibble % 16))) & 0xf
     }
 
@@ -238,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_packed_row_gives_back_its_values_and_compares_with_rows() {
-        for n in [0, 1, 7, 12, 13, 40] {
+        for n in [0, 1, 7, 8, 9, 24, 25, 40] {
             let row: Row = every_kind().into_iter().cycle().take(n).collect();
             let packed = PackedRow::new(&row);
             assert_eq!(packed.len(), n);

@@ -332,10 +332,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(path) => load_input(path)?,
         None => generate(args.events),
     });
-    let passed: Vec<String> = ["--events".to_string(), args.events.to_string(), "--workers".to_string(), workers.to_string()]
-        .into_iter()
-        .chain(args.input.iter().flat_map(|p| ["--input".to_string(), p.display().to_string()]))
-        .collect();
     let bids = Arc::new(if workloads.iter().any(|w| w.starts_with("nexmark")) { nexmark::bids(args.events) } else { Vec::new() });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut reports = Vec::new();
@@ -350,7 +346,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "engine-anomaly" => one(engine::run_on(w, bench_streams().remove(0), engine::WINDOW_SQL, Some(engine::DETECTOR), &events, workers)?),
             "ingest-http" => one(runtime.block_on(http::ingest(w, &events, workers))?),
             "freshness" => one(runtime.block_on(http::freshness(w, &events, args.rate, workers))?),
-            "recovery" => one(recovery::run(w, &passed)?),
+            "recovery" => {
+                // (the bench's own arguments, for the workload's processes)
+                let passed: Vec<String> = ["--events".to_string(), args.events.to_string(), "--workers".to_string(), workers.to_string()]
+                    .into_iter()
+                    .chain(args.input.iter().flat_map(|p| ["--input".to_string(), p.display().to_string()]))
+                    .collect();
+                one(recovery::run(w, &passed)?)
+            }
             "snapshot" => runtime.block_on(snapshot::run(&events, workers))?,
             "archive" => runtime.block_on(archive::run(&events, workers))?,
             w if w.starts_with("nexmark-") => one(nexmark::run(w, &bids, workers)?),
