@@ -36,10 +36,22 @@ pub fn run(workload: &str, sql: &str, rows: &Arc<Vec<Row>>, workers: usize) -> a
     run_on(workload, streams.remove(0), sql, None, rows, workers)
 }
 
+/// The environment variable that makes an engine workload measure its raw data alone:
+/// the same events go in, retained as always, but its view reads the `rejected` stream,
+/// which gets none; the process prints `raw GROWTH_BYTES` (its resident memory's growth)
+/// after the table. The workload's memory beyond the raw data is its own growth less
+/// this one's (the target: docs/benchmarks.md).
+pub const RAW_DATA: &str = "WEIR_BENCH_RAW_DATA";
+
+/// The raw-data pass's view (see [`RAW_DATA`]).
+const RAW_SQL: &str = "CREATE VIEW bench AS SELECT tenant, count(*) AS n FROM rejected GROUP BY tenant";
+
 /// Runs a view over `stream` (fed `rows`, which must be of its schema), with an anomaly
 /// detector over it if given; the clock stops when the view (and the detector's output)
 /// reflects the last epoch.
 pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>, rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Report> {
+    let raw = std::env::var_os(RAW_DATA).is_some();
+    let (sql, detector) = if raw { (RAW_SQL, None) } else { (sql, detector) };
     let time_column = stream.time;
     let streams = Arc::new(vec![stream, bench_streams().pop().expect("the rejected stream")]);
     let store = Arc::new(ViewStore::default());
@@ -105,6 +117,9 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>,
     super::trace_threads(&ticks, &super::thread_ticks(), seconds);
     let grown = super::rss_bytes().saturating_sub(resident);
     let live_rows = view.snapshot().1.len();
+    if raw {
+        println!("raw {grown}");
+    }
     let _ = tx.send(Command::Shutdown);
     let _ = worker.join();
     Ok(Report::new(workload, rows.len(), seconds, Vec::new()).with_memory(live_rows, grown))

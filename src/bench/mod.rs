@@ -88,19 +88,35 @@ pub struct Report {
 }
 
 /// The process's resident memory added while the events went in (the engine's retained
-/// copy of every event, the view's state and its store), per row the view holds at the end.
+/// copy of every event, the view's state and its store), per row the view holds at the
+/// end; and the same less the raw data's (the growth of a process that takes the same
+/// events with a view that reads none of them: [`engine::RAW_DATA`]), which is what the
+/// view itself costs.
 #[derive(Debug, Serialize)]
 pub struct Memory {
     pub live_rows: u64,
     pub rss_growth_bytes: u64,
     pub bytes_per_live_row: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_data_growth_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_live_row_beyond_raw_data: Option<f64>,
 }
 
 impl Report {
     /// The same, with the memory its view took (see [`Memory`]).
     pub fn with_memory(mut self, live_rows: usize, rss_growth_bytes: u64) -> Report {
         let bytes_per_live_row = rss_growth_bytes as f64 / live_rows.max(1) as f64;
-        self.memory = Some(Memory { live_rows: live_rows as u64, rss_growth_bytes, bytes_per_live_row });
+        self.memory = Some(Memory { live_rows: live_rows as u64, rss_growth_bytes, bytes_per_live_row, raw_data_growth_bytes: None, bytes_per_live_row_beyond_raw_data: None });
+        self
+    }
+
+    /// The same, with the raw data's share of the memory (see [`Memory`]).
+    fn with_raw_data(mut self, raw_growth_bytes: u64) -> Report {
+        if let Some(m) = &mut self.memory {
+            m.raw_data_growth_bytes = Some(raw_growth_bytes);
+            m.bytes_per_live_row_beyond_raw_data = Some(m.rss_growth_bytes.saturating_sub(raw_growth_bytes) as f64 / m.live_rows.max(1) as f64);
+        }
         self
     }
 
@@ -296,8 +312,28 @@ fn print_row(report: &Report) {
         println!("{:<16} wrote {:.1} MiB", "", bytes as f64 / (1 << 20) as f64);
     }
     if let Some(m) = &report.memory {
-        println!("{:<16} {} live rows; resident memory grew {:.1} MiB: {:.0} bytes per live row", "", m.live_rows, m.rss_growth_bytes as f64 / (1 << 20) as f64, m.bytes_per_live_row);
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!("{:<16} {} live rows; resident memory grew {:.1} MiB: {:.0} bytes per live row", "", m.live_rows, mib(m.rss_growth_bytes), m.bytes_per_live_row);
+        if let (Some(raw), Some(beyond)) = (m.raw_data_growth_bytes, m.bytes_per_live_row_beyond_raw_data) {
+            println!("{:<16} the raw data alone grew it {:.1} MiB: {:.0} bytes per live row beyond the raw data", "", mib(raw), beyond);
+        }
     }
+}
+
+/// The raw data's growth of the resident memory for an engine workload, measured in a
+/// process of its own (in this one, the workload's freed memory would be reused): see
+/// [`engine::RAW_DATA`].
+fn raw_data_growth(workload: &str, args: &BenchArgs) -> anyhow::Result<u64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench", workload, "--events", &args.events.to_string(), "--workers", &args.workers.to_string()])
+        .args(args.input.iter().flat_map(|p| [std::ffi::OsStr::new("--input"), p.as_os_str()]))
+        .env(engine::RAW_DATA, "1")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("starting the raw data's process")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let raw = stdout.lines().find_map(|l| l.strip_prefix("raw ")).with_context(|| format!("the raw data's process printed no growth ({}): {stdout}", out.status))?;
+    Ok(raw.trim().parse()?)
 }
 
 /// Runs the workloads, prints the table, writes the JSON report.
@@ -361,6 +397,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         for mut report in results {
             report.workers = workers;
+            if report.memory.is_some() && std::env::var_os(engine::RAW_DATA).is_none() {
+                report = report.with_raw_data(raw_data_growth(w, &args)?);
+            }
             print_row(&report);
             reports.push(report);
         }
