@@ -38,6 +38,7 @@ use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate};
 use crate::schema::DataType;
 use crate::time::Epoch;
+use crate::packed::PackedRow;
 use crate::value::{cmp_values, hash_row, sorted_by_prefix, Row, Value};
 
 /// Where an aggregate finds its input value for each event.
@@ -71,8 +72,9 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
     (inputs, slots)
 }
 
-/// One group: its row (its key, then the aggregates last emitted for it: none before
-/// the first) and the sorted multiset of its inputs, flat: each entry is `width`
+/// One group: its row, packed (its key, then the aggregates last emitted for it: NULL
+/// before the first; 8 + 64 bytes for engine-window's 7 values, where a vector of them
+/// took 24 + 112: docs/benchmarks.md) and the sorted multiset of its inputs, flat: each entry is `width`
 /// consecutive values of `values` (the operator's width) and its count in `counts`,
 /// never zero. (One allocation for all of a group's inputs, not one per input; and
 /// none for a group of one entry of one input, or two counts, which the vectors hold
@@ -86,7 +88,7 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
 /// rows cancel, as the multiset would be).
 #[derive(Default)]
 struct Group {
-    row: Row,
+    row: Option<PackedRow>,
     values: Values,
     counts: Counts,
 }
@@ -170,8 +172,16 @@ struct Groups {
     /// between epochs for their room, up to [`KEEP_ROOM`] entries. (Grown from empty, the
     /// list was reallocated a dozen times an epoch, doubling to 10,000 entries and more.)
     scratch: Row,
-    touched_list: Vec<(usize, bool)>,
+    touched_list: Vec<(u32, u32)>,
+    /// The rows of the groups the epoch makes, each its key (with room for its
+    /// aggregates): the row its first update came in, which becomes the group's first
+    /// row out (the group keeps a packed copy). An entry of `touched_list` for a new
+    /// group holds its position here, [`OLD`] for the others.
+    fresh: Vec<Row>,
 }
+
+/// An entry of [`Groups::touched_list`] for a group that is not new.
+const OLD: u32 = u32::MAX;
 
 impl Groups {
     fn new(key_len: Option<usize>, width: usize, aggregates: &[(Aggregate, Slot)]) -> Groups {
@@ -191,13 +201,14 @@ impl Groups {
 
     /// The slab position of the key's group, if it has one.
     fn find(&self, hash: u64, key: &[Value]) -> Option<usize> {
-        let k = key.len();
-        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].row[..k] == *key).map(|(_, i)| *i as usize)
+        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].row.as_ref().is_some_and(|row| row.equals_at(0, key))).map(|(_, i)| *i as usize)
     }
 
-    /// Makes a group of the update's row: its key stays as the group's row, its inputs
-    /// become the group's one entry (and any values after them are dropped).
-    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> usize {
+    /// Makes a group of the update's row: its inputs become the group's one entry (and
+    /// any values after them are dropped), its key the group's key, and the row, with
+    /// the key left, goes to [`Groups::fresh`], whose position is returned beside the
+    /// group's.
+    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> (u32, u32) {
         let i = self.free.pop().unwrap_or_else(|| {
             self.slab.push(Group::default());
             self.touched.push(false);
@@ -216,16 +227,20 @@ impl Groups {
             group.counts.push(diff);
         }
         row.truncate(k);
-        group.row = row;
+        // (made at its final size: the aggregates, NULL until the epoch's end sets
+        // them, follow the key)
+        group.row = Some(PackedRow::with_prefix(&row, k + aggregates.len()));
         let at = u32::try_from(i).expect("fewer than 2^32 groups on a worker");
         self.table.insert_unique(hash, (hash as u32, at), |(h, _)| spread(*h));
-        i
+        self.fresh.push(row);
+        (at, u32::try_from(self.fresh.len() - 1).expect("fewer than 2^32 new groups in an epoch"))
     }
 
     /// Forgets a group (its values are gone).
     fn remove(&mut self, i: usize) -> Group {
         let group = std::mem::take(&mut self.slab[i]);
-        let hash = self.hash(&group.row[..self.key_len(&group.row)]);
+        let row = group.row.as_ref().expect("a group in the table has a row");
+        let hash = self.hash(&row.prefix(self.key_len.unwrap_or(row.len())));
         if let Ok(entry) = self.table.find_entry(hash, |(_, j)| *j as usize == i) {
             entry.remove();
         }
@@ -350,14 +365,15 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let k = groups.key_len(&row);
         let hash = groups.hash(&row[..k]);
         let Some(i) = groups.find(hash, &row[..k]) else {
-            let i = groups.insert(hash, row, k, diff, aggregates);
-            groups.touched[i] = true;
-            touched.push((i, true));
+            let (i, fresh) = groups.insert(hash, row, k, diff, aggregates);
+            groups.touched[i as usize] = true;
+            touched.push((i, fresh));
             continue;
         };
         if !groups.touched[i] {
             groups.touched[i] = true;
-            touched.push((i, groups.slab[i].counts.is_empty()));
+            // (a group from an earlier epoch has entries: one left without is removed)
+            touched.push((i as u32, OLD));
         }
         let group = &mut groups.slab[i];
         if groups.summed {
@@ -387,19 +403,18 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             }));
         }
     }
-    for (i, was_empty) in touched.drain(..) {
+    for (i, fresh) in touched.drain(..) {
+        let i = i as usize;
         groups.touched[i] = false;
-        let k = groups.key_len;
-        let group = &mut groups.slab[i];
-        let k = k.unwrap_or(group.row.len());
-        if group.counts.is_empty() {
+        if groups.slab[i].counts.is_empty() {
             // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
-            if !was_empty {
-                emit(group.row, -1);
+            if fresh == OLD && let Some(row) = group.row {
+                emit(row.into_row(), -1);
             }
             continue;
         }
+        let group = &mut groups.slab[i];
         let now = &mut groups.scratch;
         now.clear();
         if groups.summed {
@@ -418,18 +433,24 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         } else {
             now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
         }
-        // (the aggregates move into the row: copied, then dropped from the scratch row,
-        // they cost engine-window's worker 4%)
-        if was_empty {
-            group.row.append(now);
-            emit(group.row.clone(), 1);
-        } else if group.row[k..] != now[..] {
-            emit(group.row.clone(), -1);
-            group.row.truncate(k);
-            group.row.append(now);
-            emit(group.row.clone(), 1);
+        let row = group.row.as_mut().expect("a group in the slab has a row");
+        // (the row's aggregates are its last values: its key is the rest)
+        let k = row.len() - aggregates.len();
+        if fresh != OLD || !row.equals_at(k, now) {
+            let mut new = if fresh != OLD {
+                std::mem::take(&mut groups.fresh[fresh as usize])
+            } else {
+                emit(row.to_row(), -1);
+                row.prefix(k)
+            };
+            // (the aggregates go into the group's row in place, and move to the new one)
+            row.set_from(k, now);
+            new.append(now);
+            emit(new, 1);
         }
     }
+    groups.fresh.clear();
+    groups.fresh.shrink_to(KEEP_ROOM);
     // (a view's first epoch holds every retained event: millions of groups)
     touched.shrink_to(KEEP_ROOM);
     groups.touched_list = touched;
@@ -735,7 +756,7 @@ mod tests {
 
     /// A group holding these entries (each `width` values).
     fn group_of(entries: &[(Row, isize)]) -> Group {
-        Group { row: Vec::new(), values: entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), counts: entries.iter().map(|(_, n)| *n).collect() }
+        Group { row: None, values: entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), counts: entries.iter().map(|(_, n)| *n).collect() }
     }
 
     fn entries_of(group: &Group, width: usize) -> Vec<(Row, isize)> {

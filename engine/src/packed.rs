@@ -1,5 +1,5 @@
-//! A row packed into one allocation of 8-byte words, for the rows the view store keeps
-//! for as long as they are live.
+//! A row packed into one allocation of 8-byte words, for the rows kept for as long as
+//! they are live: the view store's, and each group's (its key and last aggregates).
 //!
 //! ```text
 //!   word 0..h: the row's length (32 bits), then a 4-bit tag per value
@@ -16,9 +16,10 @@
 //! and reading one clones them back.
 //!
 //! This module and `src/allocator.rs` are the only ones that allow `unsafe` (the
-//! workspace denies it): a packed value is a raw pointer only between `new` (which
-//! takes a reference with `into_raw`) and `Drop` (which gives it back with
-//! `from_raw`); every read borrows it as a `Value` that is never dropped. The tests
+//! workspace denies it): a packed value is a raw pointer only between `new` or `set`
+//! (which take a reference with `into_raw`) and `Drop`, `set` or `into_row` (which give
+//! it back with `from_raw`); every other read borrows it as a `Value` that is never
+//! dropped. The tests
 //! below check the values and the reference counts; `valgrind` runs them clean.
 #![allow(unsafe_code)]
 
@@ -43,12 +44,16 @@ const NULL: u64 = 0;
 const BOOL: u64 = 1;
 const INT: u64 = 2;
 const FLOAT: u64 = 3;
-const STR: u64 = 4;
-const TIMESTAMP: u64 = 5;
-const MAP: u64 = 6;
-const LIST: u64 = 7;
+const TIMESTAMP: u64 = 4;
+/// The tags of values that hold a reference (a pointer from `into_raw`) have this bit:
+/// a row without any is copied and dropped without a look at its values.
+const SHARED: u64 = 8;
+const STR: u64 = SHARED;
+const MAP: u64 = SHARED | 1;
+const LIST: u64 = SHARED | 2;
 
 /// Header words of a row of `n` values: 8 nibbles of length, then one per value.
+#[inline]
 fn header_words(n: usize) -> usize {
     (LENGTH_NIBBLES + n).div_ceil(16)
 }
@@ -57,10 +62,81 @@ fn layout(n: usize) -> Layout {
     Layout::array::<u64>(header_words(n) + n).expect("a packed row's size fits in memory")
 }
 
+/// A value's tag and word: the value's reference, for a string, map or list, moves to
+/// the word (see [`borrow`], which makes it a `Value` again).
+#[inline]
+fn into_word(v: Value) -> (u64, u64) {
+    match v {
+        Value::Null => (NULL, 0),
+        Value::Bool(b) => (BOOL, u64::from(b)),
+        Value::Int(x) => (INT, x as u64),
+        Value::Float(f) => (FLOAT, f.to_bits()),
+        Value::Str(s) => (STR, Text::into_raw(s).as_ptr() as u64),
+        Value::Timestamp(t) => (TIMESTAMP, t as u64),
+        Value::Map(m) => (MAP, Arc::into_raw(m) as u64),
+        Value::List(l) => (LIST, Arc::into_raw(l) as u64),
+    }
+}
+
+/// The value of a tag and a word, borrowed: for a shared value, a `Value` over the
+/// reference the word holds, which must not be dropped unless the word is given up.
+#[inline]
+fn borrow(tag: u64, word: u64) -> ManuallyDrop<Value> {
+    // SAFETY: a STR, MAP or LIST word is a pointer `into_word` took from `into_raw`, and
+    // its row still holds that reference; the `Value` made of it is never dropped
+    // (`ManuallyDrop`) unless the row gives the reference up with it
+    ManuallyDrop::new(match tag {
+        NULL => Value::Null,
+        BOOL => Value::Bool(word != 0),
+        INT => Value::Int(word as i64),
+        FLOAT => Value::Float(f64::from_bits(word)),
+        TIMESTAMP => Value::Timestamp(word as i64),
+        STR => Value::Str(unsafe { Text::from_raw(NonNull::new_unchecked(word as *mut ())) }),
+        MAP => Value::Map(unsafe { LabelMap::from_raw(word as *const Vec<(Text, Text)>) }),
+        LIST => Value::List(unsafe { Arc::from_raw(word as *const Vec<Value>) }),
+        tag => unreachable!("a packed value's tag is one `into_word` writes, not {tag}"),
+    })
+}
+
+/// A copy of a value as its tag and word (a reference more, for a shared one).
+#[inline]
+fn copy_word(v: &Value) -> (u64, u64) {
+    match v {
+        Value::Null => (NULL, 0),
+        Value::Int(x) => (INT, *x as u64),
+        Value::Timestamp(t) => (TIMESTAMP, *t as u64),
+        Value::Float(f) => (FLOAT, f.to_bits()),
+        Value::Bool(b) => (BOOL, u64::from(*b)),
+        v => into_word(v.clone()),
+    }
+}
+
+/// Gives back the reference a shared value's word holds (the word is then given up).
+#[cold]
+fn give_back(tag: u64, word: u64) {
+    drop(ManuallyDrop::into_inner(borrow(tag, word)));
+}
+
+/// A copy of a value (a reference more, for a shared one) by its tag and word.
+#[inline]
+fn copy(tag: u64, word: u64) -> Value {
+    match tag {
+        NULL => Value::Null,
+        INT => Value::Int(word as i64),
+        TIMESTAMP => Value::Timestamp(word as i64),
+        _ => (*borrow(tag, word)).clone(),
+    }
+}
+
 impl PackedRow {
     /// Packs a row, cloning its values.
     pub fn new(values: &[Value]) -> PackedRow {
-        let n = values.len();
+        PackedRow::with_prefix(values, values.len())
+    }
+
+    /// A row of `n` values: copies of `values` (no more than `n`), then NULLs.
+    pub fn with_prefix(values: &[Value], n: usize) -> PackedRow {
+        assert!(values.len() <= n, "{} values for a packed row of {n}", values.len());
         // (a row of 2^32 values would be 64 GiB of `Value`s before it was packed)
         let length = u32::try_from(n).expect("a row of fewer than 2^32 values");
         let h = header_words(n);
@@ -68,46 +144,41 @@ impl PackedRow {
         // SAFETY: the layout has a nonzero size (one header word at least)
         let words = unsafe { alloc(layout) } as *mut u64;
         let Some(words) = NonNull::new(words) else { handle_alloc_error(layout) };
-        // SAFETY: the first h words are the header, within the allocation
-        let header = |j: usize| unsafe { words.as_ptr().add(j) };
-        for j in 0..h {
-            // SAFETY: as above
-            unsafe { header(j).write(0) };
-        }
-        // (the first word's tags are gathered here, and written once)
-        let mut first = u64::from(length);
-        for (i, v) in values.iter().enumerate() {
-            let (tag, word) = match v {
-                Value::Null => (NULL, 0),
-                Value::Bool(b) => (BOOL, u64::from(*b)),
-                Value::Int(x) => (INT, *x as u64),
-                Value::Float(f) => (FLOAT, f.to_bits()),
-                Value::Str(s) => (STR, Text::into_raw(s.clone()).as_ptr() as u64),
-                Value::Timestamp(t) => (TIMESTAMP, *t as u64),
-                Value::Map(m) => (MAP, Arc::into_raw(m.clone()) as u64),
-                Value::List(l) => (LIST, Arc::into_raw(l.clone()) as u64),
-            };
-            let nibble = LENGTH_NIBBLES + i;
-            if nibble < 16 {
-                first |= tag << (4 * nibble);
-            } else {
-                // SAFETY: the header's words are zeroed above
-                unsafe { *header(nibble / 16) |= tag << (4 * (nibble % 16)) };
+        let w = words.as_ptr();
+        // SAFETY: every write below is to one of the allocation's h + n words: the header
+        // words after the first (zero: NULL tags), each value's word (a NULL's is 0), and
+        // the first word last, its tags gathered in a register
+        unsafe {
+            for j in 1..h {
+                w.add(j).write(0);
             }
-            // SAFETY: word h + i is within the allocation of h + n words
-            unsafe { words.as_ptr().add(h + i).write(word) };
+            let mut first = u64::from(length);
+            for (i, v) in values.iter().enumerate() {
+                let (tag, word) = copy_word(v);
+                let nibble = LENGTH_NIBBLES + i;
+                if nibble < 16 {
+                    first |= tag << (4 * nibble);
+                } else {
+                    *w.add(nibble / 16) |= tag << (4 * (nibble % 16));
+                }
+                w.add(h + i).write(word);
+            }
+            for i in values.len()..n {
+                w.add(h + i).write(0);
+            }
+            w.write(first);
         }
-        // SAFETY: as above
-        unsafe { header(0).write(first) };
         PackedRow(words)
     }
 
+    #[inline]
     fn word(&self, j: usize) -> u64 {
         // SAFETY: callers read only the header's words and the values' (below `len`)
         unsafe { self.0.as_ptr().add(j).read() }
     }
 
     /// How many values the row holds.
+    #[inline]
     pub fn len(&self) -> usize {
         (self.word(0) & 0xffff_ffff) as usize
     }
@@ -117,29 +188,25 @@ impl PackedRow {
         self.len() == 0
     }
 
+    #[inline]
     fn tag(&self, i: usize) -> u64 {
         let nibble = LENGTH_NIBBLES + i;
         (self.word(nibble / 16) >> (4 * (nibble % 16))) & 0xf
     }
 
-    /// The value at `i`, borrowed: a `Value` over the row's own reference, never dropped.
+    /// Whether any value holds a reference (see [`SHARED`]).
+    #[inline]
+    fn has_shared(&self) -> bool {
+        let h = header_words(self.len());
+        (0..h).any(|j| self.word(j) & if j == 0 { 0x8888_8888_0000_0000 } else { 0x8888_8888_8888_8888 } != 0)
+    }
+
+    /// The value at `i`, borrowed (see [`borrow`]).
+    #[inline]
     fn get(&self, i: usize) -> ManuallyDrop<Value> {
         let n = self.len();
         assert!(i < n, "value {i} of a packed row of {n}");
-        let word = self.word(header_words(n) + i);
-        // SAFETY: a STR, MAP or LIST word is the pointer `new` took from `into_raw`, and
-        // the row still holds that reference; the `Value` made of it is never dropped
-        ManuallyDrop::new(match self.tag(i) {
-            NULL => Value::Null,
-            BOOL => Value::Bool(word != 0),
-            INT => Value::Int(word as i64),
-            FLOAT => Value::Float(f64::from_bits(word)),
-            STR => Value::Str(unsafe { Text::from_raw(NonNull::new_unchecked(word as *mut ())) }),
-            TIMESTAMP => Value::Timestamp(word as i64),
-            MAP => Value::Map(unsafe { LabelMap::from_raw(word as *const Vec<(Text, Text)>) }),
-            LIST => Value::List(unsafe { Arc::from_raw(word as *const Vec<Value>) }),
-            tag => unreachable!("a packed value's tag is one `new` writes, not {tag}"),
-        })
+        borrow(self.tag(i), self.word(header_words(n) + i))
     }
 
     /// Calls `f` with each value in order.
@@ -151,26 +218,89 @@ impl PackedRow {
 
     /// The row, unpacked (its values cloned).
     pub fn to_row(&self) -> Row {
-        let mut row = Vec::with_capacity(self.len());
-        self.for_each(|v| row.push(v.clone()));
+        self.prefix(self.len())
+    }
+
+    /// The first `k` values, unpacked (cloned), with room for the row's others.
+    #[inline]
+    pub fn prefix(&self, k: usize) -> Row {
+        let n = self.len();
+        assert!(k <= n, "{k} values of a packed row of {n}");
+        let h = header_words(n);
+        let mut row = Vec::with_capacity(n);
+        row.extend((0..k).map(|i| copy(self.tag(i), self.word(h + i))));
         row
     }
 
-    /// Whether the row equals `values`. (Integers, times and booleans compare as words;
-    /// anything else as values, a string by its pointer first.)
-    pub fn equals(&self, values: &[Value]) -> bool {
+    /// Replaces value `i` with `value` (taken, not cloned), dropping the one it held.
+    pub fn set(&mut self, i: usize, value: Value) {
+        self.set_each(i, std::iter::once(value).map(into_word));
+    }
+
+    /// Replaces the values from `from` on with copies of `values`, as many as there
+    /// are, dropping the ones they replace.
+    pub fn set_from(&mut self, from: usize, values: &[Value]) {
+        self.set_each(from, values.iter().map(copy_word));
+    }
+
+    /// Replaces the values from `from` on with these tags and words (each holding its
+    /// reference, for a shared value), dropping the ones they replace.
+    #[inline]
+    fn set_each(&mut self, from: usize, values: impl Iterator<Item = (u64, u64)>) {
         let n = self.len();
-        if n != values.len() {
+        let h = header_words(n);
+        for (j, (tag, word)) in values.enumerate() {
+            let i = from + j;
+            assert!(i < n, "value {i} of a packed row of {n}");
+            let nibble = LENGTH_NIBBLES + i;
+            let shift = 4 * (nibble % 16);
+            // SAFETY: i < n: header word nibble / 16 and value word h + i are within the
+            // allocation, and distinct
+            let (header, slot) = unsafe { (&mut *self.0.as_ptr().add(nibble / 16), &mut *self.0.as_ptr().add(h + i)) };
+            let old = (*header >> shift) & 0xf;
+            if old & SHARED != 0 {
+                give_back(old, *slot);
+            }
+            *header = (*header & !(0xf << shift)) | tag << shift;
+            *slot = word;
+        }
+    }
+
+    /// The row, unpacked: its values move out (no reference counts change).
+    pub fn into_row(self) -> Row {
+        let this = ManuallyDrop::new(self);
+        let n = this.len();
+        let h = header_words(n);
+        // (each value takes the row's reference, which the row then gives up)
+        let row = (0..n).map(|i| ManuallyDrop::into_inner(borrow(this.tag(i), this.word(h + i)))).collect();
+        // SAFETY: allocated with this layout; its values are moved out, and it is not dropped
+        unsafe { dealloc(this.0.as_ptr() as *mut u8, layout(n)) };
+        row
+    }
+
+    /// Whether the row equals `values`.
+    pub fn equals(&self, values: &[Value]) -> bool {
+        self.len() == values.len() && self.equals_at(0, values)
+    }
+
+    /// Whether the row's values from `from` on equal `values`, as many as there are (a
+    /// row shorter than that is not). (Integers, times and booleans compare as words;
+    /// anything else as values, a string by its pointer first.)
+    #[inline]
+    pub fn equals_at(&self, from: usize, values: &[Value]) -> bool {
+        let n = self.len();
+        if from + values.len() > n {
             return false;
         }
         let h = header_words(n);
-        values.iter().enumerate().all(|(i, v)| {
-            let word = self.word(h + i);
-            match (self.tag(i), v) {
+        values.iter().enumerate().all(|(j, v)| {
+            let i = from + j;
+            let (tag, word) = (self.tag(i), self.word(h + i));
+            match (tag, v) {
                 (NULL, Value::Null) => true,
                 (INT, Value::Int(x)) | (TIMESTAMP, Value::Timestamp(x)) => word == *x as u64,
                 (BOOL, Value::Bool(b)) => word == u64::from(*b),
-                _ => *self.get(i) == *v,
+                _ => *borrow(tag, word) == *v,
             }
         })
     }
@@ -192,9 +322,11 @@ impl Clone for PackedRow {
         // SAFETY: both allocations are `header_words(n) + n` words and do not overlap
         unsafe { std::ptr::copy_nonoverlapping(self.0.as_ptr(), words.as_ptr(), header_words(n) + n) };
         // the copy's pointers each take a reference of their own
-        for i in 0..n {
-            if matches!(self.tag(i), STR | MAP | LIST) {
-                std::mem::forget((*self.get(i)).clone());
+        if self.has_shared() {
+            for i in 0..n {
+                if self.tag(i) & SHARED != 0 {
+                    std::mem::forget((*self.get(i)).clone());
+                }
             }
         }
         PackedRow(words)
@@ -204,13 +336,16 @@ impl Clone for PackedRow {
 impl Drop for PackedRow {
     fn drop(&mut self) {
         let n = self.len();
-        for i in 0..n {
-            if matches!(self.tag(i), STR | MAP | LIST) {
-                // (gives back the row's reference)
-                drop(ManuallyDrop::into_inner(self.get(i)));
+        if self.has_shared() {
+            let h = header_words(n);
+            for i in 0..n {
+                let tag = self.tag(i);
+                if tag & SHARED != 0 {
+                    give_back(tag, self.word(h + i));
+                }
             }
         }
-        // SAFETY: allocated in `new` or `clone` with this layout
+        // SAFETY: allocated in `with_prefix` or `clone` with this layout
         unsafe { dealloc(self.0.as_ptr() as *mut u8, layout(n)) };
     }
 }
@@ -278,5 +413,31 @@ mod tests {
         assert_eq!((Text::strong_count(&s), Arc::strong_count(&map)), (strings.map(|c| c + 3), maps + 3));
         drop((packed, copy, unpacked));
         assert_eq!((Text::strong_count(&s), Arc::strong_count(&map)), (strings, maps));
+    }
+
+    #[test]
+    fn values_set_in_place_replace_the_old_ones_and_move_out_without_copies() {
+        let s = Text::from(String::from("counted ") + &"y".repeat(80));
+        let strings = Text::strong_count(&s);
+        for n in [1, 3, 8, 9, 24, 25] {
+            let mut packed = PackedRow::with_prefix(&[], n);
+            assert!(packed.equals(&vec![Value::Null; n]));
+            for (i, v) in every_kind().into_iter().cycle().take(n).enumerate() {
+                packed.set(i, Value::Str(s.clone()));
+                packed.set(i, v);
+            }
+            let row: Row = every_kind().into_iter().cycle().take(n).collect();
+            assert!(packed.equals(&row));
+            assert!(packed.equals_at(0, &row[..n - 1]) && packed.equals_at(1, &row[1..]));
+            assert!(!packed.equals_at(1, &row) && !packed.equals_at(n, &[Value::Null]));
+            assert_eq!(packed.prefix(n / 2), row[..n / 2]);
+            packed.set(n - 1, Value::Str(s.clone()));
+            assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
+            let back = packed.into_row();
+            assert_eq!(back[..n - 1], row[..n - 1]);
+            assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
+            drop(back);
+            assert_eq!(Text::strong_count(&s), strings);
+        }
     }
 }
