@@ -172,16 +172,8 @@ struct Groups {
     /// between epochs for their room, up to [`KEEP_ROOM`] entries. (Grown from empty, the
     /// list was reallocated a dozen times an epoch, doubling to 10,000 entries and more.)
     scratch: Row,
-    touched_list: Vec<(u32, u32)>,
-    /// The rows of the groups the epoch makes, each its key (with room for its
-    /// aggregates): the row its first update came in, which becomes the group's first
-    /// row out (the group keeps a packed copy). An entry of `touched_list` for a new
-    /// group holds its position here, [`OLD`] for the others.
-    fresh: Vec<Row>,
+    touched_list: Vec<(u32, bool)>,
 }
-
-/// An entry of [`Groups::touched_list`] for a group that is not new.
-const OLD: u32 = u32::MAX;
 
 impl Groups {
     fn new(key_len: Option<usize>, width: usize, aggregates: &[(Aggregate, Slot)]) -> Groups {
@@ -205,10 +197,8 @@ impl Groups {
     }
 
     /// Makes a group of the update's row: its inputs become the group's one entry (and
-    /// any values after them are dropped), its key the group's key, and the row, with
-    /// the key left, goes to [`Groups::fresh`], whose position is returned beside the
-    /// group's.
-    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> (u32, u32) {
+    /// any values after them are dropped), its key moves to the group's row.
+    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> u32 {
         let i = self.free.pop().unwrap_or_else(|| {
             self.slab.push(Group::default());
             self.touched.push(false);
@@ -228,12 +218,14 @@ impl Groups {
         }
         row.truncate(k);
         // (made at its final size: the aggregates, NULL until the epoch's end sets
-        // them, follow the key)
-        group.row = Some(PackedRow::with_prefix(&row, k + aggregates.len()));
+        // them, follow the key. The update's row is freed here, on this thread, and its
+        // memory is the next update's: kept until the epoch's end to become the group's
+        // first row out, a restart of 10M events took 9.4 s instead of 7.0:
+        // docs/benchmarks.md)
+        group.row = Some(PackedRow::with_values(row, k + aggregates.len()));
         let at = u32::try_from(i).expect("fewer than 2^32 groups on a worker");
         self.table.insert_unique(hash, (hash as u32, at), |(h, _)| spread(*h));
-        self.fresh.push(row);
-        (at, u32::try_from(self.fresh.len() - 1).expect("fewer than 2^32 new groups in an epoch"))
+        at
     }
 
     /// Forgets a group (its values are gone).
@@ -356,7 +348,7 @@ const IN_PLACE: usize = 8;
 
 /// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
 fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = (Row, isize)>, mut emit: impl FnMut(Row, isize)) {
-    // the groups the epoch touches, in the order it first does, and whether each was empty
+    // the groups the epoch touches, in the order it first does, and whether each is new
     let mut touched = std::mem::take(&mut groups.touched_list);
     // changes to large groups (whole rows: their inputs follow the key), merged below
     let mut deferred: Vec<(usize, Row, isize)> = Vec::new();
@@ -365,15 +357,15 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let k = groups.key_len(&row);
         let hash = groups.hash(&row[..k]);
         let Some(i) = groups.find(hash, &row[..k]) else {
-            let (i, fresh) = groups.insert(hash, row, k, diff, aggregates);
+            let i = groups.insert(hash, row, k, diff, aggregates);
             groups.touched[i as usize] = true;
-            touched.push((i, fresh));
+            touched.push((i, true));
             continue;
         };
         if !groups.touched[i] {
             groups.touched[i] = true;
             // (a group from an earlier epoch has entries: one left without is removed)
-            touched.push((i as u32, OLD));
+            touched.push((i as u32, false));
         }
         let group = &mut groups.slab[i];
         if groups.summed {
@@ -403,13 +395,13 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             }));
         }
     }
-    for (i, fresh) in touched.drain(..) {
+    for (i, new) in touched.drain(..) {
         let i = i as usize;
         groups.touched[i] = false;
         if groups.slab[i].counts.is_empty() {
             // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
-            if fresh == OLD && let Some(row) = group.row {
+            if !new && let Some(row) = group.row {
                 emit(row.into_row(), -1);
             }
             continue;
@@ -436,21 +428,17 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let row = group.row.as_mut().expect("a group in the slab has a row");
         // (the row's aggregates are its last values: its key is the rest)
         let k = row.len() - aggregates.len();
-        if fresh != OLD || !row.equals_at(k, now) {
-            let mut new = if fresh != OLD {
-                std::mem::take(&mut groups.fresh[fresh as usize])
-            } else {
+        if new || !row.equals_at(k, now) {
+            if !new {
                 emit(row.to_row(), -1);
-                row.prefix(k)
-            };
-            // (the aggregates go into the group's row in place, and move to the new one)
+            }
+            // (the aggregates go into the group's row in place, and move to the row out)
+            let mut out = row.prefix(k);
             row.set_from(k, now);
-            new.append(now);
-            emit(new, 1);
+            out.append(now);
+            emit(out, 1);
         }
     }
-    groups.fresh.clear();
-    groups.fresh.shrink_to(KEEP_ROOM);
     // (a view's first epoch holds every retained event: millions of groups)
     touched.shrink_to(KEEP_ROOM);
     groups.touched_list = touched;

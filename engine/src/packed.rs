@@ -136,7 +136,21 @@ impl PackedRow {
 
     /// A row of `n` values: copies of `values` (no more than `n`), then NULLs.
     pub fn with_prefix(values: &[Value], n: usize) -> PackedRow {
-        assert!(values.len() <= n, "{} values for a packed row of {n}", values.len());
+        PackedRow::build(values.iter().map(copy_word), n)
+    }
+
+    /// A row of `n` values: `values` (no more than `n`, moved in: no reference counts
+    /// change), then NULLs.
+    pub fn with_values(values: Row, n: usize) -> PackedRow {
+        PackedRow::build(values.into_iter().map(into_word), n)
+    }
+
+    /// A row of `n` values: these tags and words (each holding its reference, for a
+    /// shared value), then NULLs.
+    #[inline]
+    fn build(values: impl ExactSizeIterator<Item = (u64, u64)>, n: usize) -> PackedRow {
+        let given = values.len();
+        assert!(given <= n, "{given} values for a packed row of {n}");
         // (a row of 2^32 values would be 64 GiB of `Value`s before it was packed)
         let length = u32::try_from(n).expect("a row of fewer than 2^32 values");
         let h = header_words(n);
@@ -153,8 +167,7 @@ impl PackedRow {
                 w.add(j).write(0);
             }
             let mut first = u64::from(length);
-            for (i, v) in values.iter().enumerate() {
-                let (tag, word) = copy_word(v);
+            for (i, (tag, word)) in values.enumerate().take(given) {
                 let nibble = LENGTH_NIBBLES + i;
                 if nibble < 16 {
                     first |= tag << (4 * nibble);
@@ -163,7 +176,7 @@ impl PackedRow {
                 }
                 w.add(h + i).write(word);
             }
-            for i in values.len()..n {
+            for i in given..n {
                 w.add(h + i).write(0);
             }
             w.write(first);
@@ -439,5 +452,11 @@ mod tests {
             drop(back);
             assert_eq!(Text::strong_count(&s), strings);
         }
+        // values moved in keep their references: one, given back on drop
+        let moved = PackedRow::with_values(vec![Value::Int(1), Value::Str(s.clone())], 3);
+        assert!(moved.equals(&[Value::Int(1), Value::Str(s.clone()), Value::Null]));
+        assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
+        drop(moved);
+        assert_eq!(Text::strong_count(&s), strings);
     }
 }
