@@ -16,11 +16,11 @@
 //! and reading one clones them back.
 //!
 //! This module and `src/allocator.rs` are the only ones that allow `unsafe` (the
-//! workspace denies it): a packed value is a raw pointer only between `new` or `set`
-//! (which take a reference with `into_raw`) and `Drop`, `set` or `into_row` (which give
-//! it back with `from_raw`); every other read borrows it as a `Value` that is never
-//! dropped. The tests
-//! below check the values and the reference counts; `valgrind` runs them clean.
+//! workspace denies it): a packed value is a raw pointer only between packing
+//! (`into_word`, which takes its reference with `into_raw`) and `Drop`, `set_from` or
+//! `into_row` (which give it back with `from_raw`); every other read borrows it as a
+//! `Value` that is never dropped. The tests below check the values and the reference
+//! counts; `valgrind` runs them clean.
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
@@ -167,7 +167,9 @@ impl PackedRow {
                 w.add(j).write(0);
             }
             let mut first = u64::from(length);
+            let mut written = 0;
             for (i, (tag, word)) in values.enumerate().take(given) {
+                written = i + 1;
                 let nibble = LENGTH_NIBBLES + i;
                 if nibble < 16 {
                     first |= tag << (4 * nibble);
@@ -176,7 +178,8 @@ impl PackedRow {
                 }
                 w.add(h + i).write(word);
             }
-            for i in given..n {
+            // (every word is written, whatever the iterator gave)
+            for i in written..n {
                 w.add(h + i).write(0);
             }
             w.write(first);
