@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the per-event hot paths: NDJSON decoding and validation, row
-//! encoding for the log, window assignment, the `GROUP BY` step, and log append. Run with
+//! encoding for the log and packing for the view store and the groups, window assignment, the `GROUP BY` step, and log append. Run with
 //! `cargo bench --bench hot_paths`; the whole ingest → view path is measured by
 //! `weir bench` (see docs/benchmarks.md).
 
@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use weir_connectors::format::decode_ndjson;
 use weir_engine::expr::bin;
 use weir_engine::json::row_to_json;
+use weir_engine::packed::PackedRow;
 use weir_engine::schema::{Stream, TimePolicy};
 use weir_engine::value::{Row, Value};
 use weir_engine::wal::{Record, Wal};
@@ -43,6 +44,12 @@ fn row_encoding(c: &mut Criterion) {
     let mut g = c.benchmark_group("row_encoding");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("bincode_1000_rows", |b| b.iter(|| bincode::serialize(black_box(&record)).unwrap()));
+    // (the rows the view store and the groups keep: packed, unpacked to be read, and
+    // compared with a change's row to find their entry)
+    let packed: Vec<PackedRow> = record.rows.iter().map(|r| PackedRow::new(r)).collect();
+    g.bench_function("pack_1000_rows", |b| b.iter(|| record.rows.iter().map(|r| PackedRow::new(black_box(r))).collect::<Vec<_>>()));
+    g.bench_function("unpack_1000_rows", |b| b.iter(|| packed.iter().map(|p| black_box(p).to_row()).collect::<Vec<_>>()));
+    g.bench_function("compare_1000_packed_rows", |b| b.iter(|| packed.iter().zip(&record.rows).filter(|(p, r)| black_box(p).equals(r)).count()));
     g.finish();
 }
 
