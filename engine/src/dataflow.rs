@@ -501,7 +501,7 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
                 Command::Ingest { epoch, batches } => {
                     let n = batches.iter().map(|b| b.events.len()).sum::<usize>();
                     events += n;
-                    in_flight.push_back((batches.iter().map(|b| b.epoch).max().unwrap_or(epoch).max(epoch), n));
+                    in_flight.push_back((batches.iter().map(|b| b.epoch).fold(epoch, Epoch::max), n));
                     in_flight_events += n;
                     last_epoch = last_epoch.max(epoch);
                     for batch in batches {

@@ -135,7 +135,7 @@ impl PackedRow {
     }
 
     /// A row of `n` values: copies of `values` (no more than `n`), then NULLs.
-    pub fn with_prefix(values: &[Value], n: usize) -> PackedRow {
+    fn with_prefix(values: &[Value], n: usize) -> PackedRow {
         PackedRow::build(values.iter().map(copy_word), n)
     }
 
@@ -225,13 +225,6 @@ impl PackedRow {
         borrow(self.tag(i), self.word(header_words(n) + i))
     }
 
-    /// Calls `f` with each value in order.
-    pub fn for_each(&self, mut f: impl FnMut(&Value)) {
-        for i in 0..self.len() {
-            f(&self.get(i));
-        }
-    }
-
     /// The row, unpacked (its values cloned).
     pub fn to_row(&self) -> Row {
         self.prefix(self.len())
@@ -248,24 +241,12 @@ impl PackedRow {
         row
     }
 
-    /// Replaces value `i` with `value` (taken, not cloned), dropping the one it held.
-    pub fn set(&mut self, i: usize, value: Value) {
-        self.set_each(i, std::iter::once(value).map(into_word));
-    }
-
     /// Replaces the values from `from` on with copies of `values`, as many as there
     /// are, dropping the ones they replace.
     pub fn set_from(&mut self, from: usize, values: &[Value]) {
-        self.set_each(from, values.iter().map(copy_word));
-    }
-
-    /// Replaces the values from `from` on with these tags and words (each holding its
-    /// reference, for a shared value), dropping the ones they replace.
-    #[inline]
-    fn set_each(&mut self, from: usize, values: impl Iterator<Item = (u64, u64)>) {
         let n = self.len();
         let h = header_words(n);
-        for (j, (tag, word)) in values.enumerate() {
+        for (j, (tag, word)) in values.iter().map(copy_word).enumerate() {
             let i = from + j;
             assert!(i < n, "value {i} of a packed row of {n}");
             let nibble = LENGTH_NIBBLES + i;
@@ -361,7 +342,7 @@ impl Drop for PackedRow {
                 }
             }
         }
-        // SAFETY: allocated in `with_prefix` or `clone` with this layout
+        // SAFETY: allocated in `build` or `clone` with this layout
         unsafe { dealloc(self.0.as_ptr() as *mut u8, layout(n)) };
     }
 }
@@ -439,15 +420,15 @@ mod tests {
             let mut packed = PackedRow::with_prefix(&[], n);
             assert!(packed.equals(&vec![Value::Null; n]));
             for (i, v) in every_kind().into_iter().cycle().take(n).enumerate() {
-                packed.set(i, Value::Str(s.clone()));
-                packed.set(i, v);
+                packed.set_from(i, &[Value::Str(s.clone())]);
+                packed.set_from(i, &[v]);
             }
             let row: Row = every_kind().into_iter().cycle().take(n).collect();
             assert!(packed.equals(&row));
             assert!(packed.equals_at(0, &row[..n - 1]) && packed.equals_at(1, &row[1..]));
             assert!(!packed.equals_at(1, &row) && !packed.equals_at(n, &[Value::Null]));
             assert_eq!(packed.prefix(n / 2), row[..n / 2]);
-            packed.set(n - 1, Value::Str(s.clone()));
+            packed.set_from(n - 1, &[Value::Str(s.clone())]);
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
             let back = packed.into_row();
             assert_eq!(back[..n - 1], row[..n - 1]);
