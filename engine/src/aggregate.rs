@@ -4,8 +4,7 @@
 //!
 //! ```text
 //!   rows key ++ inputs ──exchange by key──▶ Aggregate ──(key ++ aggregates) changes──▶
-//!                                            per group: its row (key, then the
-//!                                            aggregates last emitted) and the
+//!                                            per group: its key, packed, and the
 //!                                            sorted multiset of its inputs, flat
 //! ```
 //!
@@ -20,7 +19,9 @@
 //! an epoch, applies it: each update goes to its group's sorted multiset (in place for a
 //! small group; a large one merges the epoch's consolidated updates once), and then each
 //! touched group recomputes its aggregates and emits a retraction of the old row and the
-//! new row if they differ. This is what differential's `reduce` computes for a
+//! new row if they differ. (The old row's aggregates are computed from the group's
+//! inputs as the epoch first touches it: a group does not keep the row it emitted, which
+//! the view store holds.) This is what differential's `reduce` computes for a
 //! total order, without the two arrangements (input and output, each a sorted spine
 //! merged in the background with a history per key) that a partially ordered time needs:
 //! see docs/architecture.md.
@@ -39,7 +40,7 @@ use crate::plan::{AggFunc, Aggregate};
 use crate::schema::DataType;
 use crate::time::Epoch;
 use crate::packed::PackedRow;
-use crate::value::{cmp_values, hash_row, sorted_by_prefix, Row, Value};
+use crate::value::{cmp_values, hash_row, sorted_by_prefix, spread, Row, Value};
 
 /// Where an aggregate finds its input value for each event.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,9 +73,11 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
     (inputs, slots)
 }
 
-/// One group: its row, packed (its key, then the aggregates last emitted for it: NULL
-/// before the first; 8 + 64 bytes for engine-window's 7 values, where a vector of them
-/// took 24 + 112: docs/benchmarks.md) and the sorted multiset of its inputs, flat: each entry is `width`
+/// One group: its key, packed (8 + 32 bytes for engine-window's 3 values, where a vector
+/// of them took 24 + 48; not the aggregates last emitted, which [`apply`] computes again
+/// from the inputs when an epoch first touches the group: the view store holds the row,
+/// and with a copy of it here engine-window took 20 more bytes per live row, and 3% more
+/// instructions to keep it: docs/benchmarks.md) and the sorted multiset of its inputs, flat: each entry is `width`
 /// consecutive values of `values` (the operator's width) and its count in `counts`,
 /// never zero. (One allocation for all of a group's inputs, not one per input; and
 /// none for a group of one entry of one input, or two counts, which the vectors hold
@@ -88,7 +91,7 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
 /// rows cancel, as the multiset would be).
 #[derive(Default)]
 struct Group {
-    row: Option<PackedRow>,
+    key: Option<PackedRow>,
     values: Values,
     counts: Counts,
 }
@@ -173,6 +176,9 @@ struct Groups {
     /// list was reallocated a dozen times an epoch, doubling to 10,000 entries and more.)
     scratch: Row,
     touched_list: Vec<(u32, bool)>,
+    /// The aggregates each touched group that is not new had before the epoch, in the
+    /// order of `touched_list` (see [`apply`]); kept between epochs as the list is.
+    before: Row,
 }
 
 impl Groups {
@@ -193,7 +199,7 @@ impl Groups {
 
     /// The slab position of the key's group, if it has one.
     fn find(&self, hash: u64, key: &[Value]) -> Option<usize> {
-        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].row.as_ref().is_some_and(|row| row.equals_at(0, key))).map(|(_, i)| *i as usize)
+        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].key.as_ref().is_some_and(|k| k.equals(key))).map(|(_, i)| *i as usize)
     }
 
     /// Makes a group of the update's row: its inputs become the group's one entry (and
@@ -222,7 +228,7 @@ impl Groups {
         // memory is the next update's: kept until the epoch's end to become the group's
         // first row out, a restart of 10M events took 9.4 s instead of 7.0:
         // docs/benchmarks.md)
-        group.row = Some(PackedRow::with_values(row, k + aggregates.len()));
+        group.key = Some(PackedRow::with_values(row, k));
         let at = u32::try_from(i).expect("fewer than 2^32 groups on a worker");
         self.table.insert_unique(hash, (hash as u32, at), |(h, _)| spread(*h));
         at
@@ -231,24 +237,14 @@ impl Groups {
     /// Forgets a group (its values are gone).
     fn remove(&mut self, i: usize) -> Group {
         let group = std::mem::take(&mut self.slab[i]);
-        let row = group.row.as_ref().expect("a group in the table has a row");
-        let hash = self.hash(&row.prefix(self.key_len.unwrap_or(row.len())));
+        let key = group.key.as_ref().expect("a group in the table has a key");
+        let hash = self.hash(&key.to_row());
         if let Ok(entry) = self.table.find_entry(hash, |(_, j)| *j as usize == i) {
             entry.remove();
         }
         self.free.push(i);
         group
     }
-}
-
-/// A group's 32-bit hash as the table takes it: the table picks a bucket by the low
-/// bits and tags it with the top seven, so both come from the 32. (Entries of a hash and
-/// a slab position in 32 bits each are 8 bytes, not 16: the table of engine-window's 1M
-/// events, 705k groups, is 8 MiB instead of 16, and the probe that finds a group, most
-/// of it cache misses, the worker's largest cost: docs/benchmarks.md.)
-#[inline]
-fn spread(h: u32) -> u64 {
-    (h as u64) << 32 | h as u64
 }
 
 /// A `GROUP BY`'s state and step, outside the dataflow (for benchmarks).
@@ -348,8 +344,10 @@ const IN_PLACE: usize = 8;
 
 /// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
 fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = (Row, isize)>, mut emit: impl FnMut(Row, isize)) {
-    // the groups the epoch touches, in the order it first does, and whether each is new
+    // the groups the epoch touches, in the order it first does, and whether each is new;
+    // and the aggregates each one that is not new had before the epoch, in that order
     let mut touched = std::mem::take(&mut groups.touched_list);
+    let mut before = std::mem::take(&mut groups.before);
     // changes to large groups (whole rows: their inputs follow the key), merged below
     let mut deferred: Vec<(usize, Row, isize)> = Vec::new();
     let width = groups.width;
@@ -366,6 +364,9 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             groups.touched[i] = true;
             // (a group from an earlier epoch has entries: one left without is removed)
             touched.push((i as u32, false));
+            // the row the group last emitted has the aggregates of its inputs as they are
+            // until this epoch changes them (every epoch that changed them emitted them)
+            compute(&groups.slab[i], groups.summed, width, aggregates, &mut before);
         }
         let group = &mut groups.slab[i];
         if groups.summed {
@@ -395,50 +396,46 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             }));
         }
     }
+    let mut before_at = 0;
     for (i, new) in touched.drain(..) {
         let i = i as usize;
         groups.touched[i] = false;
+        let old = if new {
+            &mut before[0..0]
+        } else {
+            before_at += aggregates.len();
+            &mut before[before_at - aggregates.len()..before_at]
+        };
+        // (the old row's aggregates move out of `before`)
+        let row_of = |key: &PackedRow, aggregates: &mut [Value]| {
+            let mut row = Vec::with_capacity(key.len() + aggregates.len());
+            key.to_row_into(&mut row);
+            row.extend(aggregates.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
+            row
+        };
         if groups.slab[i].counts.is_empty() {
             // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
-            if !new && let Some(row) = group.row {
-                emit(row.into_row(), -1);
+            if !new && let Some(key) = group.key {
+                emit(row_of(&key, old), -1);
             }
             continue;
         }
-        let group = &mut groups.slab[i];
+        let group = &groups.slab[i];
         let now = &mut groups.scratch;
         now.clear();
-        if groups.summed {
-            now.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed(a, group.counts[1 + 2 * j], group.counts[2 + 2 * j])));
-        } else if let [n] = *group.counts
-            && n > 0
-        {
-            // (a group of one entry, the usual one: each aggregate of its value, inline)
-            now.extend(aggregates.iter().map(|(a, slot)| {
-                let v = match slot {
-                    Slot::Column(c) => &group.values[*c],
-                    Slot::Constant(v) => v,
-                };
-                one_entry(a, v, if a.distinct { 1 } else { n as i64 })
-            }));
-        } else {
-            now.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
-        }
-        let row = group.row.as_mut().expect("a group in the slab has a row");
-        // (the row's aggregates are its last values: its key is the rest)
-        let k = row.len() - aggregates.len();
-        if new || !row.equals_at(k, now) {
+        compute(group, groups.summed, width, aggregates, now);
+        if new || *old != **now {
+            let key = group.key.as_ref().expect("a group in the slab has a key");
             if !new {
-                emit(row.to_row(), -1);
+                emit(row_of(key, old), -1);
             }
-            // (the aggregates go into the group's row in place, and move to the row out)
-            let mut out = row.prefix(k);
-            row.set_from(k, now);
-            out.append(now);
-            emit(out, 1);
+            emit(row_of(key, now), 1);
         }
     }
+    before.clear();
+    before.shrink_to(KEEP_ROOM);
+    groups.before = before;
     // (a view's first epoch holds every retained event: millions of groups)
     touched.shrink_to(KEEP_ROOM);
     groups.touched_list = touched;
@@ -446,6 +443,27 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
 
 /// How many entries the list of an epoch's touched groups keeps room for between epochs.
 const KEEP_ROOM: usize = 1 << 17;
+
+/// Appends a group's aggregates, as its inputs (or totals) now are, to `out`.
+#[inline]
+fn compute(group: &Group, summed: bool, width: usize, aggregates: &[(Aggregate, Slot)], out: &mut Row) {
+    if summed {
+        out.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed_value(a, group.counts[1 + 2 * j], group.counts[2 + 2 * j])));
+    } else if let [n] = *group.counts
+        && n > 0
+    {
+        // (a group of one entry, the usual one: each aggregate of its value, inline)
+        out.extend(aggregates.iter().map(|(a, slot)| {
+            let v = match slot {
+                Slot::Column(c) => &group.values[*c],
+                Slot::Constant(v) => v,
+            };
+            one_entry(a, v, if a.distinct { 1 } else { n as i64 })
+        }));
+    } else {
+        out.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
+    }
+}
 
 /// Adds a change (`diff` times the row's inputs, after its key) to a group's running
 /// totals (see [`Group`]), with [`Totals`]' arithmetic: integer sums wrap, and an input
@@ -469,7 +487,7 @@ fn add(totals: &mut [isize], aggregates: &[(Aggregate, Slot)], inputs: &[Value],
 
 /// An aggregate of a grouping kept as running totals: a `count` is its count of
 /// non-NULL inputs; an integer `sum` is its sum, NULL without inputs.
-fn summed(a: &Aggregate, count: isize, sum: isize) -> Value {
+fn summed_value(a: &Aggregate, count: isize, sum: isize) -> Value {
     match a.func {
         AggFunc::Count => Value::Int(count as i64),
         _ if count == 0 => Value::Null,
@@ -744,7 +762,7 @@ mod tests {
 
     /// A group holding these entries (each `width` values).
     fn group_of(entries: &[(Row, isize)]) -> Group {
-        Group { row: None, values: entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), counts: entries.iter().map(|(_, n)| *n).collect() }
+        Group { key: None, values: entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), counts: entries.iter().map(|(_, n)| *n).collect() }
     }
 
     fn entries_of(group: &Group, width: usize) -> Vec<(Row, isize)> {

@@ -17,8 +17,8 @@
 //!
 //! This module and `src/allocator.rs` are the only ones that allow `unsafe` (the
 //! workspace denies it): a packed value is a raw pointer only between packing
-//! (`into_word`, which takes its reference with `into_raw`) and `Drop`, `set_from` or
-//! `into_row` (which give it back with `from_raw`); every other read borrows it as a
+//! (`into_word`, which takes its reference with `into_raw`) and `Drop` or `into_row`
+//! (which give it back with `from_raw`); every other read borrows it as a
 //! `Value` that is never dropped. The tests below check the values and the reference
 //! counts; `valgrind` runs them clean.
 #![allow(unsafe_code)]
@@ -227,40 +227,16 @@ impl PackedRow {
 
     /// The row, unpacked (its values cloned).
     pub fn to_row(&self) -> Row {
-        self.prefix(self.len())
-    }
-
-    /// The first `k` values, unpacked (cloned), with room for the row's others.
-    #[inline]
-    pub fn prefix(&self, k: usize) -> Row {
-        let n = self.len();
-        assert!(k <= n, "{k} values of a packed row of {n}");
-        let h = header_words(n);
-        let mut row = Vec::with_capacity(n);
-        row.extend((0..k).map(|i| copy(self.tag(i), self.word(h + i))));
+        let mut row = Vec::with_capacity(self.len());
+        self.to_row_into(&mut row);
         row
     }
 
-    /// Replaces the values from `from` on with copies of `values`, as many as there
-    /// are, dropping the ones they replace.
-    pub fn set_from(&mut self, from: usize, values: &[Value]) {
-        let n = self.len();
-        let h = header_words(n);
-        for (j, (tag, word)) in values.iter().map(copy_word).enumerate() {
-            let i = from + j;
-            assert!(i < n, "value {i} of a packed row of {n}");
-            let nibble = LENGTH_NIBBLES + i;
-            let shift = 4 * (nibble % 16);
-            // SAFETY: i < n: header word nibble / 16 and value word h + i are within the
-            // allocation, and distinct
-            let (header, slot) = unsafe { (&mut *self.0.as_ptr().add(nibble / 16), &mut *self.0.as_ptr().add(h + i)) };
-            let old = (*header >> shift) & 0xf;
-            if old & SHARED != 0 {
-                give_back(old, *slot);
-            }
-            *header = (*header & !(0xf << shift)) | tag << shift;
-            *slot = word;
-        }
+    /// The row, unpacked (its values cloned), appended to `out`.
+    #[inline]
+    pub fn to_row_into(&self, out: &mut Row) {
+        let h = header_words(self.len());
+        out.extend((0..self.len()).map(|i| copy(self.tag(i), self.word(h + i))));
     }
 
     /// The row, unpacked: its values move out (no reference counts change).
@@ -413,22 +389,22 @@ mod tests {
     }
 
     #[test]
-    fn values_set_in_place_replace_the_old_ones_and_move_out_without_copies() {
+    fn values_move_in_and_out_without_copies() {
         let s = Text::from(String::from("counted ") + &"y".repeat(80));
         let strings = Text::strong_count(&s);
         for n in [1, 3, 8, 9, 24, 25] {
-            let mut packed = PackedRow::with_prefix(&[], n);
-            assert!(packed.equals(&vec![Value::Null; n]));
-            for (i, v) in every_kind().into_iter().cycle().take(n).enumerate() {
-                packed.set_from(i, &[Value::Str(s.clone())]);
-                packed.set_from(i, &[v]);
-            }
+            assert!(PackedRow::with_prefix(&[], n).equals(&vec![Value::Null; n]));
             let row: Row = every_kind().into_iter().cycle().take(n).collect();
-            assert!(packed.equals(&row));
-            assert!(packed.equals_at(0, &row[..n - 1]) && packed.equals_at(1, &row[1..]));
+            let mut moved = row.clone();
+            moved[n - 1] = Value::Str(s.clone());
+            let packed = PackedRow::with_values(moved, n);
+            assert!(packed.equals_at(0, &row[..n - 1]) && (n < 2 || packed.equals_at(1, &row[1..n - 1])));
             assert!(!packed.equals_at(1, &row) && !packed.equals_at(n, &[Value::Null]));
-            assert_eq!(packed.prefix(n / 2), row[..n / 2]);
-            packed.set_from(n - 1, &[Value::Str(s.clone())]);
+            let mut unpacked = vec![Value::Int(7)];
+            packed.to_row_into(&mut unpacked);
+            assert_eq!((&unpacked[0], &unpacked[1..n]), (&Value::Int(7), &row[..n - 1]));
+            assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
+            assert_eq!(unpacked.pop(), Some(Value::Str(s.clone())));
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
             let back = packed.into_row();
             assert_eq!(back[..n - 1], row[..n - 1]);

@@ -336,6 +336,17 @@ pub fn hash_row(values: &[Value], seed: u64) -> u64 {
     folded_multiply(h, ROW_HASH_K2)
 }
 
+/// A row's hash cut to 32 bits, as a hash table of entries that keep those 32 takes it:
+/// hashbrown picks a bucket by the low bits and tags it with the top seven, so both come
+/// from the 32. (The groups' table keeps a hash and a slab position in 32 bits each, 8
+/// bytes, not 16: the table of engine-window's 1M events, 705k groups, is 8 MiB instead of
+/// 16, and the probe that finds a group, most of it cache misses, the worker's largest
+/// cost; the view store's entries are 16 bytes, not 24: docs/benchmarks.md.)
+#[inline]
+pub fn spread(h: u32) -> u64 {
+    (h as u64) << 32 | h as u64
+}
+
 const ROW_HASH_K0: u64 = 0x243f_6a88_85a3_08d3;
 const ROW_HASH_K1: u64 = 0x9e37_79b9_7f4a_7c15;
 const ROW_HASH_K2: u64 = 0xa076_1d64_78bd_642f;
