@@ -21,32 +21,86 @@ use tokio::sync::{broadcast, watch};
 use crate::schema::Columns;
 use crate::time::Epoch;
 use crate::packed::PackedRow;
-use crate::value::{hash_row, Row};
+use crate::value::{hash_row, spread, Row};
 
-/// A view's rows with their counts, each kept with its hash: growing the table moves
-/// entries without hashing a row again. (A row is packed, behind a thin pointer:
-/// entries of 24 bytes, and 64 bytes for a row of 7 values instead of 112.)
+/// A view's rows with their counts, each kept with 32 bits of its hash: growing the
+/// table moves entries without hashing a row again. (A row is packed, behind a thin
+/// pointer: 64 bytes for a row of 7 values instead of 112; an entry is 16 bytes, its hash
+/// and count 32 bits each: with a 64-bit hash and count, 24 bytes, engine-window took 12
+/// more bytes per live row: docs/benchmarks.md.)
 #[derive(Clone, Default)]
-struct Table(hashbrown::HashTable<(u64, PackedRow, isize)>);
+struct Table {
+    entries: hashbrown::HashTable<Entry>,
+    /// The counts that do not fit an entry's 32 bits, whose entries hold [`WIDE`]: none
+    /// unless a row has 2^31 copies.
+    wide: Vec<(PackedRow, isize)>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    hash: u32,
+    count: i32,
+    row: PackedRow,
+}
+
+/// The count of an entry whose count is in [`Table::wide`].
+const WIDE: i32 = i32::MIN;
 
 impl Table {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Adds each change's count (`sign` = -1 subtracts them); rows that reach zero go.
     fn apply(&mut self, changes: &[(Row, isize)], sign: isize) {
         for (row, diff) in changes {
-            let hash = hash_row(row, 0);
-            match self.0.entry(hash, |(h, r, _)| *h == hash && r.equals(row), |(h, _, _)| *h) {
+            let hash = hash_row(row, 0) as u32;
+            match self.entries.entry(spread(hash), |e| e.hash == hash && e.row.equals(row), |e| spread(e.hash)) {
                 hashbrown::hash_table::Entry::Occupied(mut e) => {
-                    let count = &mut e.get_mut().2;
-                    *count += sign * diff;
-                    if *count == 0 {
-                        e.remove();
+                    let count = Table::count_in(&self.wide, e.get()) + sign * diff;
+                    if count == 0 {
+                        let gone = e.remove().0;
+                        Table::set_wide(&mut self.wide, &gone.row, 0);
+                    } else {
+                        let entry = e.get_mut();
+                        entry.count = Table::set_wide(&mut self.wide, &entry.row, count);
                     }
                 }
                 hashbrown::hash_table::Entry::Vacant(e) => {
-                    e.insert((hash, PackedRow::new(row), sign * diff));
+                    let row = PackedRow::new(row);
+                    let count = Table::set_wide(&mut self.wide, &row, sign * diff);
+                    e.insert(Entry { hash, count, row });
                 }
             }
         }
+    }
+
+    /// An entry's count.
+    #[inline]
+    fn count_in(wide: &[(PackedRow, isize)], entry: &Entry) -> isize {
+        if entry.count != WIDE {
+            return entry.count as isize;
+        }
+        wide.iter().find(|(row, _)| *row == entry.row).map_or(0, |(_, n)| *n)
+    }
+
+    /// The count an entry of `row` holds for `count`: the count itself, or [`WIDE`]
+    /// with the count in `wide` (where the row's count is kept only while it is wide).
+    #[inline]
+    fn set_wide(wide: &mut Vec<(PackedRow, isize)>, row: &PackedRow, count: isize) -> i32 {
+        let narrow = i32::try_from(count).ok().filter(|c| *c != WIDE);
+        if narrow.is_none() || !wide.is_empty() {
+            wide.retain(|(r, _)| r != row);
+        }
+        narrow.unwrap_or_else(|| {
+            wide.push((row.clone(), count));
+            WIDE
+        })
+    }
+
+    /// Each row with its count.
+    fn iter(&self) -> impl Iterator<Item = (&Entry, isize)> {
+        self.entries.iter().map(|e| (e, Table::count_in(&self.wide, e)))
     }
 }
 
@@ -298,7 +352,7 @@ impl LiveState {
     fn catch_up(&mut self) {
         let Some(last) = self.pending.last() else { return };
         let last = last.epoch;
-        let table = if self.pending_rows > self.rows.0.len().max(PENDING_ROWS) { Some(Arc::make_mut(&mut self.rows)) } else { Arc::get_mut(&mut self.rows) };
+        let table = if self.pending_rows > self.rows.len().max(PENDING_ROWS) { Some(Arc::make_mut(&mut self.rows)) } else { Arc::get_mut(&mut self.rows) };
         if let Some(table) = table {
             for c in self.pending.drain(..) {
                 table.apply(&c.changes, 1);
@@ -333,23 +387,23 @@ impl RowsAt {
         for c in &later {
             adjust.apply(&c.changes, -1);
         }
-        let mut out = Vec::with_capacity(rows.0.len() + adjust.0.len());
+        let mut out = Vec::with_capacity(rows.len() + adjust.len());
         let mut push = |row: &PackedRow, n: isize| {
             for _ in 0..n.max(0) {
                 out.push(row.to_row());
             }
         };
-        if adjust.0.is_empty() {
-            for (_, row, n) in rows.0.iter() {
-                push(row, *n);
+        if adjust.len() == 0 {
+            for (e, n) in rows.iter() {
+                push(&e.row, n);
             }
         } else {
-            for (hash, row, n) in rows.0.iter() {
-                let d = adjust.0.find_entry(*hash, |(h, r, _)| h == hash && r == row).map_or(0, |e| e.remove().0.2);
-                push(row, n + d);
+            for (e, n) in rows.iter() {
+                let d = adjust.entries.find_entry(spread(e.hash), |a| a.hash == e.hash && a.row == e.row).map_or(0, |a| Table::count_in(&adjust.wide, &a.remove().0));
+                push(&e.row, n + d);
             }
-            for (_, row, n) in adjust.0.iter() {
-                push(row, *n);
+            for (e, n) in adjust.iter() {
+                push(&e.row, n);
             }
         }
         out.sort_unstable();
@@ -411,6 +465,27 @@ mod tests {
 
     fn rows(ids: &[i64]) -> Vec<Row> {
         ids.iter().map(|i| row(*i)).collect()
+    }
+
+    #[test]
+    fn counts_past_32_bits_are_kept_whole() {
+        let count = |t: &Table, r: &Row| t.iter().find(|(e, _)| e.row.equals(r)).map(|(_, n)| n);
+        let big = i32::MAX as isize;
+        let mut t = Table::default();
+        t.apply(&[(row(1), big), (row(2), 1)], 1);
+        t.apply(&[(row(1), 3)], 1);
+        assert_eq!((count(&t, &row(1)), count(&t, &row(2)), t.wide.len()), (Some(big + 3), Some(1), 1));
+        let copy = t.clone();
+        t.apply(&[(row(1), 4)], -1);
+        assert_eq!((count(&t, &row(1)), t.wide.len()), (Some(big - 1), 0));
+        assert_eq!(count(&copy, &row(1)), Some(big + 3));
+        t.apply(&[(row(1), big - 1)], -1);
+        assert_eq!(count(&t, &row(1)), None);
+        // (the entries' marker of a wide count is itself a count that goes there)
+        t.apply(&[(row(3), i32::MIN as isize), (row(4), -(big + 2))], 1);
+        assert_eq!((count(&t, &row(3)), count(&t, &row(4)), t.wide.len()), (Some(i32::MIN as isize), Some(-(big + 2)), 2));
+        t.apply(&[(row(3), i32::MIN as isize), (row(4), -(big + 2))], -1);
+        assert_eq!((count(&t, &row(3)), count(&t, &row(4)), t.wide.len(), t.len()), (None, None, 0, 1));
     }
 
     #[test]
