@@ -74,10 +74,13 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
 }
 
 /// One group: its key, packed (8 + 32 bytes for engine-window's 3 values, where a vector
-/// of them took 24 + 48; not the aggregates last emitted, which [`apply`] computes again
-/// from the inputs when an epoch first touches the group: the view store holds the row,
-/// and with a copy of it here engine-window took 20 more bytes per live row, and 3% more
-/// instructions to keep it: docs/benchmarks.md) and the sorted multiset of its inputs, flat: each entry is `width`
+/// of them took 24 + 48), and the sorted multiset of its inputs, flat. A group of fewer
+/// than [`KEEP_AGGREGATES`] entries does not keep the aggregates it last emitted:
+/// [`apply`] computes them again from its inputs when an epoch first touches it (the
+/// view store holds the row; with a copy of it in every group engine-window took 20 more
+/// bytes per live row, and 3% more instructions to keep it up to date); a larger one keeps
+/// them after its key, where a walk over its entries would cost more (engine-hop's
+/// groups hold tens: 9% more instructions without: docs/benchmarks.md). Each entry is `width`
 /// consecutive values of `values` (the operator's width) and its count in `counts`,
 /// never zero. (One allocation for all of a group's inputs, not one per input; and
 /// none for a group of one entry of one input, or two counts, which the vectors hold
@@ -193,13 +196,15 @@ impl Groups {
 
     /// A key's hash in the table: 32 bits, spread over the 64 the table takes (see
     /// [`spread`]), so that an entry keeps the whole of it in half the room.
+    #[inline]
     fn hash(&self, key: &[Value]) -> u64 {
         spread(hash_row(key, 0) as u32)
     }
 
     /// The slab position of the key's group, if it has one.
+    #[inline]
     fn find(&self, hash: u64, key: &[Value]) -> Option<usize> {
-        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].key.as_ref().is_some_and(|k| k.equals(key))).map(|(_, i)| *i as usize)
+        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].key.as_ref().is_some_and(|k| k.equals_at(0, key))).map(|(_, i)| *i as usize)
     }
 
     /// Makes a group of the update's row: its inputs become the group's one entry (and
@@ -238,7 +243,9 @@ impl Groups {
     fn remove(&mut self, i: usize) -> Group {
         let group = std::mem::take(&mut self.slab[i]);
         let key = group.key.as_ref().expect("a group in the table has a key");
-        let hash = self.hash(&key.to_row());
+        let mut row = Vec::new();
+        key.extend_into(0..self.key_len.unwrap_or(key.len()), &mut row);
+        let hash = self.hash(&row);
         if let Ok(entry) = self.table.find_entry(hash, |(_, j)| *j as usize == i) {
             entry.remove();
         }
@@ -365,8 +372,13 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             // (a group from an earlier epoch has entries: one left without is removed)
             touched.push((i as u32, false));
             // the row the group last emitted has the aggregates of its inputs as they are
-            // until this epoch changes them (every epoch that changed them emitted them)
-            compute(&groups.slab[i], groups.summed, width, aggregates, &mut before);
+            // until this epoch changes them (every epoch that changed them emitted them);
+            // a large group keeps them (see `Group`)
+            let group = &groups.slab[i];
+            match &group.key {
+                Some(key) if key.len() > k => key.extend_into(k..key.len(), &mut before),
+                _ => compute(group, groups.summed, width, aggregates, &mut before),
+            }
         }
         let group = &mut groups.slab[i];
         if groups.summed {
@@ -406,10 +418,10 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             before_at += aggregates.len();
             &mut before[before_at - aggregates.len()..before_at]
         };
-        // (the old row's aggregates move out of `before`)
-        let row_of = |key: &PackedRow, aggregates: &mut [Value]| {
-            let mut row = Vec::with_capacity(key.len() + aggregates.len());
-            key.to_row_into(&mut row);
+        // the key's values and then the aggregates, which move out
+        let row_of = |key: &PackedRow, k: usize, aggregates: &mut [Value]| {
+            let mut row = Vec::with_capacity(k + aggregates.len());
+            key.extend_into(0..k, &mut row);
             row.extend(aggregates.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
             row
         };
@@ -417,20 +429,32 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
             if !new && let Some(key) = group.key {
-                emit(row_of(&key, old), -1);
+                emit(row_of(&key, groups.key_len.unwrap_or(key.len()), old), -1);
             }
             continue;
         }
-        let group = &groups.slab[i];
+        let group = &mut groups.slab[i];
         let now = &mut groups.scratch;
         now.clear();
         compute(group, groups.summed, width, aggregates, now);
-        if new || *old != **now {
-            let key = group.key.as_ref().expect("a group in the slab has a key");
-            if !new {
-                emit(row_of(key, old), -1);
+        let changed = new || *old != **now;
+        let key = group.key.as_mut().expect("a group in the slab has a key");
+        let k = groups.key_len.unwrap_or(key.len());
+        if changed && !new {
+            emit(row_of(key, k, old), -1);
+        }
+        if key.len() > k {
+            if changed {
+                key.set_from(k, now);
             }
-            emit(row_of(key, now), 1);
+        } else if !groups.summed && !aggregates.is_empty() && group.counts.len() >= KEEP_AGGREGATES {
+            let mut row = Vec::with_capacity(k + now.len());
+            key.extend_into(0..k, &mut row);
+            row.extend_from_slice(now);
+            *key = PackedRow::with_values(row, k + now.len());
+        }
+        if changed {
+            emit(row_of(key, k, now), 1);
         }
     }
     before.clear();
@@ -444,8 +468,15 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
 /// How many entries the list of an epoch's touched groups keeps room for between epochs.
 const KEEP_ROOM: usize = 1 << 17;
 
-/// Appends a group's aggregates, as its inputs (or totals) now are, to `out`.
-#[inline]
+/// A group of this many entries or more keeps the aggregates it last emitted after its
+/// key (see [`Group`]).
+const KEEP_AGGREGATES: usize = IN_PLACE;
+
+/// Appends a group's aggregates, as its inputs (or totals) now are, to `out`. (Not
+/// inlined: in both of [`apply`]'s calls it took the room that the group's lookup and
+/// its inputs' search were inlined in, and engine-hop and nexmark-q7 took 4-7% more
+/// instructions.)
+#[inline(never)]
 fn compute(group: &Group, summed: bool, width: usize, aggregates: &[(Aggregate, Slot)], out: &mut Row) {
     if summed {
         out.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed_value(a, group.counts[1 + 2 * j], group.counts[2 + 2 * j])));
@@ -896,6 +927,9 @@ mod tests {
             }
             assert_eq!(view, expected, "after epoch {epoch}");
             assert!(groups.touched.iter().all(|t| !t));
+            // (large groups keep their aggregates after their key, and are checked above)
+            assert!((0..groups.slab.len()).all(|i| groups.slab[i].key.as_ref().is_none_or(|k| k.len() == 1 + aggregates.len() || groups.slab[i].counts.len() < KEEP_AGGREGATES)));
+            assert!(epoch == 0 || (0..groups.slab.len()).any(|i| groups.slab[i].key.as_ref().is_some_and(|k| k.len() == 1 + aggregates.len())));
         }
     }
 

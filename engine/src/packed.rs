@@ -17,8 +17,8 @@
 //!
 //! This module and `src/allocator.rs` are the only ones that allow `unsafe` (the
 //! workspace denies it): a packed value is a raw pointer only between packing
-//! (`into_word`, which takes its reference with `into_raw`) and `Drop` or `into_row`
-//! (which give it back with `from_raw`); every other read borrows it as a
+//! (`into_word`, which takes its reference with `into_raw`) and `Drop`, `set_from` or
+//! `into_row` (which give it back with `from_raw`); every other read borrows it as a
 //! `Value` that is never dropped. The tests below check the values and the reference
 //! counts; `valgrind` runs them clean.
 #![allow(unsafe_code)]
@@ -228,15 +228,39 @@ impl PackedRow {
     /// The row, unpacked (its values cloned).
     pub fn to_row(&self) -> Row {
         let mut row = Vec::with_capacity(self.len());
-        self.to_row_into(&mut row);
+        self.extend_into(0..self.len(), &mut row);
         row
     }
 
-    /// The row, unpacked (its values cloned), appended to `out`.
+    /// The values at `range`, unpacked (cloned), appended to `out`.
     #[inline]
-    pub fn to_row_into(&self, out: &mut Row) {
-        let h = header_words(self.len());
-        out.extend((0..self.len()).map(|i| copy(self.tag(i), self.word(h + i))));
+    pub fn extend_into(&self, range: std::ops::Range<usize>, out: &mut Row) {
+        let n = self.len();
+        assert!(range.end <= n, "values {range:?} of a packed row of {n}");
+        let h = header_words(n);
+        out.extend(range.map(|i| copy(self.tag(i), self.word(h + i))));
+    }
+
+    /// Replaces the values from `from` on with copies of `values`, as many as there
+    /// are, dropping the ones they replace.
+    pub fn set_from(&mut self, from: usize, values: &[Value]) {
+        let n = self.len();
+        let h = header_words(n);
+        for (j, (tag, word)) in values.iter().map(copy_word).enumerate() {
+            let i = from + j;
+            assert!(i < n, "value {i} of a packed row of {n}");
+            let nibble = LENGTH_NIBBLES + i;
+            let shift = 4 * (nibble % 16);
+            // SAFETY: i < n: header word nibble / 16 and value word h + i are within the
+            // allocation, and distinct
+            let (header, slot) = unsafe { (&mut *self.0.as_ptr().add(nibble / 16), &mut *self.0.as_ptr().add(h + i)) };
+            let old = (*header >> shift) & 0xf;
+            if old & SHARED != 0 {
+                give_back(old, *slot);
+            }
+            *header = (*header & !(0xf << shift)) | tag << shift;
+            *slot = word;
+        }
     }
 
     /// The row, unpacked: its values move out (no reference counts change).
@@ -259,23 +283,28 @@ impl PackedRow {
     /// Whether the row's values from `from` on equal `values`, as many as there are (a
     /// row shorter than that is not). (Integers, times and booleans compare as words;
     /// anything else as values, a string by its pointer first.)
-    #[inline]
+    #[inline(always)]
     pub fn equals_at(&self, from: usize, values: &[Value]) -> bool {
         let n = self.len();
         if from + values.len() > n {
             return false;
         }
         let h = header_words(n);
-        values.iter().enumerate().all(|(j, v)| {
+        // (a loop, not `all`: its closure was left out of line in the groups' lookup)
+        for (j, v) in values.iter().enumerate() {
             let i = from + j;
             let (tag, word) = (self.tag(i), self.word(h + i));
-            match (tag, v) {
+            let equal = match (tag, v) {
                 (NULL, Value::Null) => true,
                 (INT, Value::Int(x)) | (TIMESTAMP, Value::Timestamp(x)) => word == *x as u64,
                 (BOOL, Value::Bool(b)) => word == u64::from(*b),
                 _ => *borrow(tag, word) == *v,
+            };
+            if !equal {
+                return false;
             }
-        })
+        }
+        true
     }
 }
 
@@ -389,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn values_move_in_and_out_without_copies() {
+    fn values_move_in_and_out_without_copies_and_set_in_place_replace_the_old_ones() {
         let s = Text::from(String::from("counted ") + &"y".repeat(80));
         let strings = Text::strong_count(&s);
         for n in [1, 3, 8, 9, 24, 25] {
@@ -401,11 +430,21 @@ mod tests {
             assert!(packed.equals_at(0, &row[..n - 1]) && (n < 2 || packed.equals_at(1, &row[1..n - 1])));
             assert!(!packed.equals_at(1, &row) && !packed.equals_at(n, &[Value::Null]));
             let mut unpacked = vec![Value::Int(7)];
-            packed.to_row_into(&mut unpacked);
+            packed.extend_into(0..n, &mut unpacked);
             assert_eq!((&unpacked[0], &unpacked[1..n]), (&Value::Int(7), &row[..n - 1]));
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
             assert_eq!(unpacked.pop(), Some(Value::Str(s.clone())));
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
+            let mut packed = packed;
+            for (i, v) in every_kind().into_iter().cycle().take(n - 1).enumerate() {
+                packed.set_from(i, &[Value::Str(s.clone())]);
+                assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
+                packed.set_from(i, &[v]);
+            }
+            assert!(packed.equals_at(0, &row[..n - 1]));
+            let mut tail = Vec::new();
+            packed.extend_into(n / 2..n - 1, &mut tail);
+            assert_eq!(tail, row[n / 2..n - 1]);
             let back = packed.into_row();
             assert_eq!(back[..n - 1], row[..n - 1]);
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
