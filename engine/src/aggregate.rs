@@ -472,10 +472,9 @@ const KEEP_ROOM: usize = 1 << 17;
 /// key (see [`Group`]).
 const KEEP_AGGREGATES: usize = IN_PLACE;
 
-/// Appends a group's aggregates, as its inputs (or totals) now are, to `out`. (Not
-/// inlined: in both of [`apply`]'s calls it took the room that the group's lookup and
-/// its inputs' search were inlined in, and engine-hop and nexmark-q7 took 4-7% more
-/// instructions.)
+/// Appends a group's aggregates, as its inputs (or totals) now are, to `out`. (Out of
+/// line: [`apply`] calls it twice, and the loop over updates, where it is called for a
+/// group's first touch, is the part to keep small.)
 #[inline(never)]
 fn compute(group: &Group, summed: bool, width: usize, aggregates: &[(Aggregate, Slot)], out: &mut Row) {
     if summed {
