@@ -429,7 +429,12 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
             if !new && let Some(key) = group.key {
-                emit(row_of(&key, groups.key_len.unwrap_or(key.len()), old), -1);
+                // (the key's values move out of the group's packed row)
+                let k = groups.key_len.unwrap_or(key.len());
+                let mut row = key.into_row();
+                row.truncate(k);
+                row.extend(old.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
+                emit(row, -1);
             }
             continue;
         }

@@ -393,7 +393,7 @@ impl RowsAt {
                 out.push(row.to_row());
             }
         };
-        if adjust.len() == 0 {
+        if adjust.entries.is_empty() {
             for (e, n) in rows.iter() {
                 push(&e.row, n);
             }
