@@ -39,7 +39,7 @@ use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate};
 use crate::schema::DataType;
 use crate::time::Epoch;
-use crate::packed::PackedRow;
+use crate::packed::{GroupRow, PackedRow};
 use crate::value::{cmp_values, hash_row, sorted_by_prefix, spread, Row, Value};
 
 /// Where an aggregate finds its input value for each event.
@@ -73,36 +73,23 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
     (inputs, slots)
 }
 
-/// One group: its key, packed (8 + 32 bytes for engine-window's 3 values, where a vector
-/// of them took 24 + 48), and the sorted multiset of its inputs, flat. A group of fewer
+/// One group, in one allocation ([`GroupRow`]): its key, packed (8 + 32 bytes for
+/// engine-window's 3 values, where a vector of them took 24 + 48), and the sorted
+/// multiset of its inputs, flat. A group of fewer
 /// than [`KEEP_AGGREGATES`] entries does not keep the aggregates it last emitted:
 /// [`apply`] computes them again from its inputs when an epoch first touches it (the
 /// view store holds the row; with a copy of it in every group engine-window took 20 more
 /// bytes per live row, and 3% more instructions to keep it up to date); a larger one keeps
 /// them after its key, where a walk over its entries would cost more (engine-hop's
 /// groups hold tens: 9% more instructions without: docs/benchmarks.md). Each entry is `width`
-/// consecutive values of `values` (the operator's width) and its count in `counts`,
-/// never zero. (One allocation for all of a group's inputs, not one per input; and
-/// none for a group of one entry of one input, or two counts, which the vectors hold
-/// inline in the room a vector's pointer and length take: engine-window averages 1.4
-/// events a group; with the two allocations it took 504 bytes per live row, not 481,
-/// and making a group cost 580 instructions, not 310: docs/benchmarks.md.)
+/// consecutive values of its `values` (the operator's width) and its count in `counts`,
+/// never zero.
 ///
 /// In a grouping whose aggregates are all running totals ([`Groups::summed`]), a group
-/// keeps no inputs: `values` is empty and `counts` holds its totals, its number of rows
-/// and then each aggregate's count of non-NULL inputs and integer sum (empty once the
-/// rows cancel, as the multiset would be).
-#[derive(Default)]
-struct Group {
-    key: Option<PackedRow>,
-    values: Values,
-    counts: Counts,
-}
-
-/// A group's input values ([`Group`]): one inline.
-type Values = smallvec::SmallVec<[Value; 1]>;
-/// A group's counts ([`Group`]): two inline.
-type Counts = smallvec::SmallVec<[isize; 2]>;
+/// keeps no inputs (its entries have no values): its counts are its totals, its number
+/// of rows and then each aggregate's count of non-NULL inputs and integer sum (none
+/// once the rows cancel, as the multiset would be).
+type Group = GroupRow;
 
 /// A vector kept in chunks of a fixed size, so that growing it never moves what it
 /// holds. (A plain vector of groups doubles by copying every group into fresh memory,
@@ -170,7 +157,8 @@ struct Groups {
     /// float sums are not, nor are min and max without the inputs once one is retracted.)
     summed: bool,
     table: hashbrown::HashTable<(u32, u32)>,
-    slab: Slab<Group>,
+    /// The groups, each in one allocation; `None` where one was removed (see `free`).
+    slab: Slab<Option<Group>>,
     /// Beside the slab: whether the epoch being applied has touched the group yet.
     touched: Vec<bool>,
     free: Vec<usize>,
@@ -182,12 +170,15 @@ struct Groups {
     /// The aggregates each touched group that is not new had before the epoch, in the
     /// order of `touched_list` (see [`apply`]); kept between epochs as the list is.
     before: Row,
+    /// A new summed group's totals, as its first update makes them (see `summed`).
+    totals: Vec<isize>,
 }
 
 impl Groups {
     fn new(key_len: Option<usize>, width: usize, aggregates: &[(Aggregate, Slot)]) -> Groups {
         let summed = !aggregates.is_empty() && aggregates.iter().all(|(a, _)| !a.distinct && (a.func == AggFunc::Count || (a.func == AggFunc::Sum && a.output == DataType::Int)));
-        Groups { key_len, width, summed, ..Groups::default() }
+        let totals = if summed { vec![0; 1 + 2 * aggregates.len()] } else { Vec::new() };
+        Groups { key_len, width, summed, totals, ..Groups::default() }
     }
 
     fn key_len(&self, row: &[Value]) -> usize {
@@ -204,36 +195,27 @@ impl Groups {
     /// The slab position of the key's group, if it has one.
     #[inline]
     fn find(&self, hash: u64, key: &[Value]) -> Option<usize> {
-        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].key.as_ref().is_some_and(|k| k.equals_at(0, key))).map(|(_, i)| *i as usize)
+        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].as_ref().is_some_and(|g| g.key().equals_at(0, key))).map(|(_, i)| *i as usize)
     }
 
     /// Makes a group of the update's row: its inputs become the group's one entry (and
     /// any values after them are dropped), its key moves to the group's row.
-    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> u32 {
+    fn insert(&mut self, hash: u64, row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> u32 {
         let i = self.free.pop().unwrap_or_else(|| {
-            self.slab.push(Group::default());
+            self.slab.push(None);
             self.touched.push(false);
             self.slab.len() - 1
         });
-        let group = &mut self.slab[i];
-        if self.summed {
-            group.counts.resize(1 + 2 * aggregates.len(), 0);
-            add(&mut group.counts, aggregates, &row[k..], diff);
+        // (the update's row is freed here, on this thread, and its memory is the next
+        // update's: kept until the epoch's end to become the group's first row out, a
+        // restart of 10M events took 9.4 s instead of 7.0: docs/benchmarks.md)
+        self.slab[i] = Some(if self.summed {
+            self.totals.fill(0);
+            add(&mut self.totals, aggregates, &row[k..], diff);
+            GroupRow::new(row, k, k, 0, &self.totals)
         } else {
-            if self.width == 1 {
-                group.values.push(std::mem::replace(&mut row[k], Value::Null));
-            } else {
-                group.values.extend(row.drain(k..k + self.width));
-            }
-            group.counts.push(diff);
-        }
-        row.truncate(k);
-        // (made at its final size: the aggregates, NULL until the epoch's end sets
-        // them, follow the key. The update's row is freed here, on this thread, and its
-        // memory is the next update's: kept until the epoch's end to become the group's
-        // first row out, a restart of 10M events took 9.4 s instead of 7.0:
-        // docs/benchmarks.md)
-        group.key = Some(PackedRow::with_values(row, k));
+            GroupRow::new(row, k, k, self.width, &[diff])
+        });
         let at = u32::try_from(i).expect("fewer than 2^32 groups on a worker");
         self.table.insert_unique(hash, (hash as u32, at), |(h, _)| spread(*h));
         at
@@ -241,8 +223,8 @@ impl Groups {
 
     /// Forgets a group (its values are gone).
     fn remove(&mut self, i: usize) -> Group {
-        let group = std::mem::take(&mut self.slab[i]);
-        let key = group.key.as_ref().expect("a group in the table has a key");
+        let group = self.slab[i].take().expect("a group in the table is in the slab");
+        let key = group.key();
         let mut row = Vec::new();
         key.extend_into(0..self.key_len.unwrap_or(key.len()), &mut row);
         let hash = self.hash(&row);
@@ -374,22 +356,22 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             // the row the group last emitted has the aggregates of its inputs as they are
             // until this epoch changes them (every epoch that changed them emitted them);
             // a large group keeps them (see `Group`)
-            let group = &groups.slab[i];
-            match &group.key {
-                Some(key) if key.len() > k => key.extend_into(k..key.len(), &mut before),
+            let group = groups.slab[i].as_ref().expect("a group in the table is in the slab");
+            match group.key() {
+                key if key.len() > k => key.extend_into(k..key.len(), &mut before),
                 _ => compute(group, groups.summed, width, aggregates, &mut before),
             }
         }
-        let group = &mut groups.slab[i];
+        let group = groups.slab[i].as_mut().expect("a group in the table is in the slab");
         if groups.summed {
-            if group.counts.is_empty() {
-                group.counts.resize(1 + 2 * aggregates.len(), 0);
+            if group.counts().is_empty() {
+                group.set_entries(groups.totals.iter().map(|_| 0).collect(), Vec::new());
             }
-            add(&mut group.counts, aggregates, &row[k..], diff);
-            if group.counts[0] == 0 {
-                group.counts.clear();
+            add(group.counts_mut(), aggregates, &row[k..], diff);
+            if group.counts()[0] == 0 {
+                group.set_entries(Vec::new(), Vec::new());
             }
-        } else if group.counts.len() < IN_PLACE {
+        } else if group.counts().len() < IN_PLACE {
             change(group, width, row, k, diff);
         } else {
             deferred.push((i, row, diff));
@@ -401,7 +383,7 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let inputs = groups.key_len.map_or(0..0, |k| k..k + width);
         let order = sorted_by_prefix(&deferred, |(i, row, _)| (*i, &row[inputs.clone()]));
         for run in order.chunk_by(|a, b| deferred[*a as usize].0 == deferred[*b as usize].0) {
-            let group = &mut groups.slab[deferred[run[0] as usize].0];
+            let group = groups.slab[deferred[run[0] as usize].0].as_mut().expect("a group in the table is in the slab");
             merge(group, width, run.iter().map(|n| {
                 let (_, row, diff) = &deferred[*n as usize];
                 (&row[inputs.clone()], *diff)
@@ -425,41 +407,40 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
             row.extend(aggregates.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
             row
         };
-        if groups.slab[i].counts.is_empty() {
+        if groups.slab[i].as_ref().expect("a touched group is in the slab").counts().is_empty() {
             // (a group made for updates that all cancel is forgotten without a word)
             let group = groups.remove(i);
-            if !new && let Some(key) = group.key {
+            if !new {
                 // (the key's values move out of the group's packed row)
-                let k = groups.key_len.unwrap_or(key.len());
-                let mut row = key.into_row();
+                let k = groups.key_len.unwrap_or(group.key().len());
+                let mut row = group.into_key();
                 row.truncate(k);
                 row.extend(old.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
                 emit(row, -1);
             }
             continue;
         }
-        let group = &mut groups.slab[i];
+        let group = groups.slab[i].as_mut().expect("a group in the table is in the slab");
         let now = &mut groups.scratch;
         now.clear();
         compute(group, groups.summed, width, aggregates, now);
         let changed = new || *old != **now;
-        let key = group.key.as_mut().expect("a group in the slab has a key");
-        let k = groups.key_len.unwrap_or(key.len());
+        let k = groups.key_len.unwrap_or(group.key().len());
         if changed && !new {
-            emit(row_of(key, k, old), -1);
+            emit(row_of(group.key(), k, old), -1);
         }
-        if key.len() > k {
+        if group.key().len() > k {
             if changed {
-                key.set_from(k, now);
+                group.set_key_from(k, now);
             }
-        } else if !groups.summed && !aggregates.is_empty() && group.counts.len() >= KEEP_AGGREGATES {
+        } else if !groups.summed && !aggregates.is_empty() && group.counts().len() >= KEEP_AGGREGATES {
             let mut row = Vec::with_capacity(k + now.len());
-            key.extend_into(0..k, &mut row);
+            group.key().extend_into(0..k, &mut row);
             row.extend_from_slice(now);
-            *key = PackedRow::with_values(row, k + now.len());
+            group.set_key(row, k + now.len());
         }
         if changed {
-            emit(row_of(key, k, now), 1);
+            emit(row_of(group.key(), k, now), 1);
         }
     }
     before.clear();
@@ -482,21 +463,23 @@ const KEEP_AGGREGATES: usize = IN_PLACE;
 /// group's first touch, is the part to keep small.)
 #[inline(never)]
 fn compute(group: &Group, summed: bool, width: usize, aggregates: &[(Aggregate, Slot)], out: &mut Row) {
+    let counts = group.counts();
     if summed {
-        out.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed_value(a, group.counts[1 + 2 * j], group.counts[2 + 2 * j])));
-    } else if let [n] = *group.counts
+        out.extend(aggregates.iter().enumerate().map(|(j, (a, _))| summed_value(a, counts[1 + 2 * j], counts[2 + 2 * j])));
+    } else if let [n] = *counts
         && n > 0
     {
         // (a group of one entry, the usual one: each aggregate of its value, inline)
+        let values = group.values();
         out.extend(aggregates.iter().map(|(a, slot)| {
             let v = match slot {
-                Slot::Column(c) => &group.values[*c],
+                Slot::Column(c) => &values[*c],
                 Slot::Constant(v) => v,
             };
             one_entry(a, v, if a.distinct { 1 } else { n as i64 })
         }));
     } else {
-        out.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, &group.values, &group.counts)));
+        out.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, group.values(), counts)));
     }
 }
 
@@ -548,22 +531,14 @@ fn search(values: &[Value], counts: &[isize], width: usize, inputs: &[Value]) ->
 /// Applies one change (the `width` inputs after the row's key) to a group's entries in
 /// place, dropping the entry if its count cancels.
 fn change(group: &mut Group, width: usize, mut row: Row, k: usize, diff: isize) {
-    match search(&group.values, &group.counts, width, &row[k..k + width]) {
+    match search(group.values(), group.counts(), width, &row[k..k + width]) {
         Ok(at) => {
-            group.counts[at] += diff;
-            if group.counts[at] == 0 {
-                group.counts.remove(at);
-                group.values.drain(at * width..(at + 1) * width);
+            group.counts_mut()[at] += diff;
+            if group.counts()[at] == 0 {
+                group.remove_entry(at);
             }
         }
-        Err(at) => {
-            group.counts.insert(at, diff);
-            if width == 1 {
-                group.values.insert(at, std::mem::replace(&mut row[k], Value::Null));
-            } else {
-                group.values.insert_many(at * width, row.drain(k..k + width));
-            }
-        }
+        Err(at) => group.insert_entry(at, diff, &mut row[k..k + width]),
     }
 }
 
@@ -571,10 +546,9 @@ fn change(group: &mut Group, width: usize, mut row: Row, k: usize, diff: isize) 
 /// dropping what cancels. The entries' values move to the merged entries; only a new
 /// entry's values are copied from its change.
 fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a [Value], isize)>) {
-    // (as vectors: a large group's are on the heap, and a vector's iterator is leaner;
-    // through the small vectors' iterators engine-hop took 3% more instructions)
-    let counts = std::mem::take(&mut group.counts).into_vec();
-    let mut old = std::mem::take(&mut group.values).into_vec().into_iter();
+    // (the entries move out to vectors and back: a vector's iterator is lean)
+    let (counts, old) = group.take_entries();
+    let mut old = old.into_iter();
     let mut changes = changes.peekable();
     let room = counts.len() + changes.size_hint().0;
     let mut values: Vec<Value> = Vec::with_capacity(room * width);
@@ -615,8 +589,7 @@ fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a
             merged.push(m);
         }
     }
-    group.values = Values::from_vec(values);
-    group.counts = Counts::from_vec(merged);
+    group.set_entries(merged, values);
 }
 
 /// Calls `f` with the value of slot `Column(c)` of each entry with a positive count, and the count.
@@ -796,12 +769,14 @@ mod tests {
     }
 
     /// A group holding these entries (each `width` values).
-    fn group_of(entries: &[(Row, isize)]) -> Group {
-        Group { key: None, values: entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), counts: entries.iter().map(|(_, n)| *n).collect() }
+    /// A group without a key holding these entries (each `width` values).
+    fn group_of(width: usize, entries: &[(Row, isize)]) -> Group {
+        let counts: Vec<isize> = entries.iter().map(|(_, n)| *n).collect();
+        GroupRow::new(entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), 0, 0, width, &counts)
     }
 
     fn entries_of(group: &Group, width: usize) -> Vec<(Row, isize)> {
-        group.counts.iter().enumerate().map(|(j, n)| (group.values[j * width..(j + 1) * width].to_vec(), *n)).collect()
+        group.counts().iter().enumerate().map(|(j, n)| (group.values()[j * width..(j + 1) * width].to_vec(), *n)).collect()
     }
 
     #[test]
@@ -828,13 +803,13 @@ mod tests {
 
     #[test]
     fn merging_keeps_the_multiset_sorted_and_drops_what_cancels() {
-        let mut group = group_of(&[(row(&[1, 0]), 2), (row(&[3, 0]), 1), (row(&[5, 0]), 1)]);
+        let mut group = group_of(2, &[(row(&[1, 0]), 2), (row(&[3, 0]), 1), (row(&[5, 0]), 1)]);
         let changes = [(row(&[0, 0]), 1), (row(&[3, 0]), -1), (row(&[4, 0]), 1), (row(&[4, 0]), 1), (row(&[5, 0]), 1), (row(&[9, 0]), -1)];
         merge(&mut group, 2, changes.iter().map(|(r, d)| (&r[..], *d)));
         assert_eq!(entries_of(&group, 2), vec![(row(&[0, 0]), 1), (row(&[1, 0]), 2), (row(&[4, 0]), 2), (row(&[5, 0]), 2), (row(&[9, 0]), -1)]);
-        let mut group = group_of(&[(row(&[1, 0]), 1)]);
+        let mut group = group_of(2, &[(row(&[1, 0]), 1)]);
         merge(&mut group, 2, [(&row(&[1, 0])[..], -1)].into_iter());
-        assert!(group.counts.is_empty() && group.values.is_empty());
+        assert!(group.counts().is_empty() && group.values().is_empty());
     }
 
     #[test]
@@ -849,14 +824,14 @@ mod tests {
             }
             expected.retain(|_, d| *d != 0);
             let expected: Vec<(Row, isize)> = expected.into_iter().collect();
-            let mut in_place = group_of(&values);
+            let mut in_place = group_of(2, &values);
             for (r, d) in changes.clone() {
                 change(&mut in_place, 2, r, 1, d);
             }
             assert_eq!(entries_of(&in_place, 2), expected, "{n} values, {k} changes in place");
             let mut sorted = changes.clone();
             sorted.sort();
-            let mut merged = group_of(&values);
+            let mut merged = group_of(2, &values);
             merge(&mut merged, 2, sorted.iter().map(|(r, d)| (&r[1..], *d)));
             assert_eq!(entries_of(&merged, 2), expected, "{n} values, {k} changes merged");
         }
@@ -932,8 +907,8 @@ mod tests {
             assert_eq!(view, expected, "after epoch {epoch}");
             assert!(groups.touched.iter().all(|t| !t));
             // (large groups keep their aggregates after their key, and are checked above)
-            assert!((0..groups.slab.len()).all(|i| groups.slab[i].key.as_ref().is_none_or(|k| k.len() == 1 + aggregates.len() || groups.slab[i].counts.len() < KEEP_AGGREGATES)));
-            assert!(epoch == 0 || (0..groups.slab.len()).any(|i| groups.slab[i].key.as_ref().is_some_and(|k| k.len() == 1 + aggregates.len())));
+            assert!((0..groups.slab.len()).all(|i| groups.slab[i].as_ref().is_none_or(|g| g.key().len() == 1 + aggregates.len() || g.counts().len() < KEEP_AGGREGATES)));
+            assert!(epoch == 0 || (0..groups.slab.len()).any(|i| groups.slab[i].as_ref().is_some_and(|g| g.key().len() == 1 + aggregates.len())));
         }
     }
 
