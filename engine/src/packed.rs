@@ -400,7 +400,7 @@ impl std::fmt::Debug for PackedRow {
 /// docs/benchmarks.md.) The allocation grows and shrinks by an entry at a time: most
 /// groups hold one or two. A group given [`SPILL_ENTRIES`] entries or more at once
 /// ([`GroupRow::set_entries`], which merging a large group's changes calls) keeps them
-/// apart instead, in two vectors (`Spilled`) behind the word after its packed row: they
+/// apart instead, in two vectors (`Spilled`) after its packed row: they
 /// move in and out whole, where copying a large group's entries into its allocation and
 /// out again for each merge took engine-hop 3% and nexmark-q7 6% more instructions.
 pub struct GroupRow {
@@ -417,9 +417,13 @@ struct Spilled {
     values: Vec<Value>,
 }
 
-/// [`GroupRow::entries`] of a group whose entries are [`Spilled`]: the word after its
-/// packed row is the box's pointer.
+/// [`GroupRow::entries`] of a group whose entries are [`Spilled`]: the words after its
+/// packed row hold its two vectors.
 const SPILLED: u32 = u32::MAX;
+
+/// The words of a [`Spilled`], after a spilled group's packed row.
+const SPILLED_WORDS: usize = size_of::<Spilled>() / 8;
+const _: () = assert!(size_of::<Spilled>() % 8 == 0 && align_of::<Spilled>() <= 8);
 
 /// A group given at least this many entries at once keeps them apart (see [`GroupRow`]).
 pub const SPILL_ENTRIES: usize = 8;
@@ -480,7 +484,7 @@ impl GroupRow {
     #[inline]
     fn words(&self) -> usize {
         match self.entries {
-            SPILLED => self.row.words() + 1,
+            SPILLED => self.row.words() + SPILLED_WORDS,
             e => self.row.words() + e as usize * (1 + VALUE_WORDS * self.width as usize),
         }
     }
@@ -488,15 +492,15 @@ impl GroupRow {
     /// Its entries kept apart, if they are.
     #[inline]
     fn spilled(&self) -> Option<&Spilled> {
-        // SAFETY: the word after the packed row of a spilled group is its box's pointer
-        (self.entries == SPILLED).then(|| unsafe { &*(self.row.0.as_ptr().add(self.row.words()).read() as *const Spilled) })
+        // SAFETY: the words after the packed row of a spilled group hold its `Spilled`
+        (self.entries == SPILLED).then(|| unsafe { &*(self.row.0.as_ptr().add(self.row.words()) as *const Spilled) })
     }
 
     /// The same, to change.
     #[inline]
     fn spilled_mut(&mut self) -> Option<&mut Spilled> {
         // SAFETY: as in `spilled`, borrowed mutably with the group
-        (self.entries == SPILLED).then(|| unsafe { &mut *(self.row.0.as_ptr().add(self.row.words()).read() as *mut Spilled) })
+        (self.entries == SPILLED).then(|| unsafe { &mut *(self.row.0.as_ptr().add(self.row.words()) as *mut Spilled) })
     }
 
     /// The entries' counts.
@@ -628,10 +632,9 @@ impl GroupRow {
         self.clear_entries();
         let p = self.row.words();
         if counts.len() >= SPILL_ENTRIES {
-            let spilled = Box::into_raw(Box::new(Spilled { counts, values }));
-            self.row.0 = reallocate(self.row.0, p, p + 1);
-            // SAFETY: the allocation has a word after the packed row, for the pointer
-            unsafe { self.row.0.as_ptr().add(p).write(spilled as u64) };
+            self.row.0 = reallocate(self.row.0, p, p + SPILLED_WORDS);
+            // SAFETY: the allocation has room for the vectors after the packed row
+            unsafe { (self.row.0.as_ptr().add(p) as *mut Spilled).write(Spilled { counts, values }) };
             self.entries = SPILLED;
             return;
         }
@@ -648,19 +651,19 @@ impl GroupRow {
         self.entries = entries;
     }
 
-    /// Drops its entries (a spilled group's box too): its allocation is then its packed row.
+    /// Drops its entries (a spilled group's vectors too): its allocation is then its packed row.
     fn clear_entries(&mut self) {
         let (p, words) = (self.row.words(), self.words());
         if words == p {
             return;
         }
-        // SAFETY: a spilled group's box is taken back once, an unspilled one's values
+        // SAFETY: a spilled group's vectors are read out once, an unspilled one's values
         // dropped once: the group then has no entries, and its allocation shrinks to its
         // packed row. (`entries` is set first: a value's drop does not see them.)
         unsafe {
             if self.entries == SPILLED {
                 self.entries = 0;
-                drop(Box::from_raw(self.row.0.as_ptr().add(p).read() as *mut Spilled));
+                drop((self.row.0.as_ptr().add(p) as *const Spilled).read());
             } else {
                 let values = self.values() as *const [Value] as *mut [Value];
                 self.entries = 0;
@@ -677,7 +680,7 @@ impl GroupRow {
         let tail = words - old_p;
         let new = ManuallyDrop::new(PackedRow::build_in(key.into_iter().map(into_word), n, tail));
         let (new_p, moved) = (new.words(), new.0);
-        // SAFETY: the entries' words (or the spilled entries' pointer) move to the new
+        // SAFETY: the entries' words (or the spilled entries' vectors) move to the new
         // allocation, after its packed row; the old packed row's values are given back
         // and its allocation, of `words`, freed without its entries (which moved)
         unsafe {
@@ -704,11 +707,11 @@ impl Drop for GroupRow {
     fn drop(&mut self) {
         let words = self.words();
         let p = self.row.words();
-        // SAFETY: the entries are dropped (the spilled ones' box taken back, once), then
+        // SAFETY: the entries are dropped (the spilled ones' vectors read out, once), then
         // the packed row's references given back, then the allocation of `words` freed
         unsafe {
             if self.entries == SPILLED {
-                drop(Box::from_raw(self.row.0.as_ptr().add(p).read() as *mut Spilled));
+                drop((self.row.0.as_ptr().add(p) as *const Spilled).read());
             } else {
                 std::ptr::drop_in_place(self.values() as *const [Value] as *mut [Value]);
             }
