@@ -19,7 +19,7 @@
 //! This module and `src/allocator.rs` are the only ones that allow `unsafe` (the
 //! workspace denies it): a packed value is a raw pointer only between packing
 //! (`into_word`, which takes its reference with `into_raw`) and `Drop`, `set_from` or
-//! `into_row` (which give it back with `from_raw`); every other read borrows it as a
+//! `GroupRow::into_key` (which give it back with `from_raw`); every other read borrows it as a
 //! `Value` that is never dropped. A [`GroupRow`]'s entries are `Value`s in its
 //! allocation, written and read there as such (moved in, moved out, dropped in place).
 //! The tests below check the values and the reference counts; `valgrind` runs them
@@ -140,12 +140,6 @@ impl PackedRow {
     /// A row of `n` values: copies of `values` (no more than `n`), then NULLs.
     fn with_prefix(values: &[Value], n: usize) -> PackedRow {
         PackedRow::build(values.iter().map(copy_word), n)
-    }
-
-    /// A row of `n` values: `values` (no more than `n`, moved in: no reference counts
-    /// change), then NULLs.
-    pub fn with_values(values: Row, n: usize) -> PackedRow {
-        PackedRow::build(values.into_iter().map(into_word), n)
     }
 
     /// A row of `n` values: these tags and words (each holding its reference, for a
@@ -271,15 +265,6 @@ impl PackedRow {
             *header = (*header & !(0xf << shift)) | tag << shift;
             *slot = word;
         }
-    }
-
-    /// The row, unpacked: its values move out (no reference counts change).
-    pub fn into_row(self) -> Row {
-        let this = ManuallyDrop::new(self);
-        let row = this.move_out();
-        // SAFETY: allocated with this layout; its values are moved out, and it is not dropped
-        unsafe { dealloc(this.0.as_ptr() as *mut u8, layout(this.len())) };
-        row
     }
 
     /// The values, each taking the row's reference: the row must then be given up
@@ -789,7 +774,9 @@ mod tests {
             let row: Row = every_kind().into_iter().cycle().take(n).collect();
             let mut moved = row.clone();
             moved[n - 1] = Value::Str(s.clone());
-            let packed = PackedRow::with_values(moved, n);
+            // (a group without entries: its packed row, the values moved in)
+            let mut group = GroupRow::new(moved, n, n, 0, &[]);
+            let packed = group.key();
             assert!(packed.equals_at(0, &row[..n - 1]) && (n < 2 || packed.equals_at(1, &row[1..n - 1])));
             assert!(!packed.equals_at(1, &row) && !packed.equals_at(n, &[Value::Null]));
             let mut unpacked = vec![Value::Int(7)];
@@ -798,25 +785,24 @@ mod tests {
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
             assert_eq!(unpacked.pop(), Some(Value::Str(s.clone())));
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
-            let mut packed = packed;
             for (i, v) in every_kind().into_iter().cycle().take(n - 1).enumerate() {
-                packed.set_from(i, &[Value::Str(s.clone())]);
+                group.set_key_from(i, &[Value::Str(s.clone())]);
                 assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
-                packed.set_from(i, &[v]);
+                group.set_key_from(i, &[v]);
             }
-            assert!(packed.equals_at(0, &row[..n - 1]));
+            assert!(group.key().equals_at(0, &row[..n - 1]));
             let mut tail = Vec::new();
-            packed.extend_into(n / 2..n - 1, &mut tail);
+            group.key().extend_into(n / 2..n - 1, &mut tail);
             assert_eq!(tail, row[n / 2..n - 1]);
-            let back = packed.into_row();
+            let back = group.into_key();
             assert_eq!(back[..n - 1], row[..n - 1]);
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
             drop(back);
             assert_eq!(Text::strong_count(&s), strings);
         }
         // values moved in keep their references: one, given back on drop
-        let moved = PackedRow::with_values(vec![Value::Int(1), Value::Str(s.clone())], 3);
-        assert!(moved.equals(&[Value::Int(1), Value::Str(s.clone()), Value::Null]));
+        let moved = GroupRow::new(vec![Value::Int(1), Value::Str(s.clone())], 2, 3, 0, &[]);
+        assert!(moved.key().equals(&[Value::Int(1), Value::Str(s.clone()), Value::Null]));
         assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
         drop(moved);
         assert_eq!(Text::strong_count(&s), strings);
