@@ -901,7 +901,7 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
 fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: &mut Built<'s>) -> Rows<'s> {
     match node {
         Node::Scan { source } => sources[*source].clone(),
-        Node::Map { .. } | Node::Filter { .. } => lower_chain(node, 0, sources, scope, built),
+        Node::Map { .. } | Node::Filter { .. } => lower_chain(node, sources, scope, built),
         // a group per distinct row, with no aggregates
         Node::Distinct { input } => crate::aggregate::group(build(input, sources, scope, built), None, Vec::new()),
         Node::Join { left, right, left_keys, right_keys, residual } => {
@@ -937,8 +937,7 @@ fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
             let global = keys.is_empty();
             let aggs: Vec<(Aggregate, crate::aggregate::Slot)> = aggregates.iter().cloned().zip(slots).collect();
             let rows = match **input {
-                // (room for the aggregates: a row becomes its group's when it starts one)
-                Node::Map { .. } | Node::Filter { .. } => lower_chain(input, keys.len() + aggregates.len(), sources, scope, built),
+                Node::Map { .. } | Node::Filter { .. } => lower_chain(input, sources, scope, built),
                 _ => build(input, sources, scope, built),
             };
             let grouped = crate::aggregate::group(rows, Some(keys.len()), aggs);
@@ -1017,23 +1016,22 @@ fn keyed_slots(keys: &[Scalar], aggregates: &[Aggregate]) -> Option<Vec<crate::a
         .collect()
 }
 
-/// A chain of maps and filters, fused into one operator; the rows of its last map are
-/// made with room for `capacity` values.
-fn lower_chain<'s>(node: &Node, capacity: usize, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: &mut Built<'s>) -> Rows<'s> {
-    let (mut steps, base) = chain(node);
-    if let Some(RowStep::Map { capacity: room, .. }) = steps.last_mut() {
-        *room = (*room).max(capacity);
-    }
+/// A chain of maps and filters, fused into one operator.
+fn lower_chain<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: &mut Built<'s>) -> Rows<'s> {
+    let (steps, base) = chain(node);
     build(base, sources, scope, built).flat_map(move |row| apply_steps(&steps, row))
 }
 
 #[derive(Clone)]
 enum RowStep {
-    /// A row of the expressions' values, made with room for `capacity` values.
-    /// `columns`: the columns it takes, when its expressions are references to columns
-    /// in increasing order (a projection), which a row owned by the step gives up in
-    /// place rather than copying into a new one.
-    Map { exprs: Vec<Scalar>, capacity: usize, columns: Option<Vec<usize>> },
+    /// A row of the expressions' values. `columns`: the columns it takes, when its
+    /// expressions are references to columns in increasing order (a projection), which
+    /// a row owned by the step gives up in place rather than copying into a new one.
+    /// (Rows are made with room for their values only. A grouping's input rows had room
+    /// for the aggregates too, from when a new group kept its first row; since groups
+    /// keep packed keys that room went unused: without it engine-window took 0.5% and
+    /// nexmark-q7 3% fewer instructions: docs/benchmarks.md.)
+    Map { exprs: Vec<Scalar>, columns: Option<Vec<usize>> },
     Filter(Scalar),
 }
 
@@ -1041,15 +1039,13 @@ impl RowStep {
     fn new_map(exprs: &[Scalar]) -> RowStep {
         let columns: Option<Vec<usize>> = exprs.iter().map(|e| if let Scalar::Column(c) = e { Some(*c) } else { None }).collect();
         let columns = columns.filter(|c| c.windows(2).all(|w| w[0] < w[1]));
-        RowStep::Map { exprs: exprs.to_vec(), capacity: exprs.len(), columns }
+        RowStep::Map { exprs: exprs.to_vec(), columns }
     }
 
     /// The projection of `row` onto `columns` (increasing), in place: each taken value
     /// moves forward to its position, and what is left after them is dropped. The row
-    /// keeps the room it has, without growing to the map's `capacity`: growing it here
-    /// would move every row (measured: `nexmark-q5` +6M instructions where the in-place
-    /// projection saves 95M), when most rows into a grouping are dropped once their
-    /// group has their inputs; a row that starts a group grows then.
+    /// keeps the room it has (the in-place projection saved `nexmark-q5` 95M
+    /// instructions).
     fn project(columns: &[usize], mut row: Row) -> Row {
         for (i, c) in columns.iter().enumerate() {
             // (c ≥ i, and position c still holds its own value: only positions before
@@ -1060,8 +1056,8 @@ impl RowStep {
         row
     }
 
-    fn map(exprs: &[Scalar], row: &[Value], capacity: usize) -> Row {
-        let mut out = Vec::with_capacity(capacity.max(exprs.len()));
+    fn map(exprs: &[Scalar], row: &[Value]) -> Row {
+        let mut out = Vec::with_capacity(exprs.len());
         out.extend(exprs.iter().map(|e| e.eval(row)));
         out
     }
@@ -1120,16 +1116,7 @@ fn hoist(node: &Node, inputs: &mut Vec<Hoisted>) -> Node {
                 },
             }
         }
-        Node::Aggregate { input, keys, aggregates } => {
-            let input = hoist(input, inputs);
-            if let Node::Scan { source } = input
-                && let Some(RowStep::Map { capacity, .. }) = inputs[source].steps.last_mut()
-            {
-                // room for the aggregates: the row becomes its group's when it starts one
-                *capacity = (*capacity).max(keys.len() + aggregates.len());
-            }
-            Node::Aggregate { input: Box::new(input), keys: keys.clone(), aggregates: aggregates.clone() }
-        }
+        Node::Aggregate { input, keys, aggregates } => Node::Aggregate { input: Box::new(hoist(input, inputs)), keys: keys.clone(), aggregates: aggregates.clone() },
         Node::Distinct { input } => Node::Distinct { input: Box::new(hoist(input, inputs)) },
         Node::Unnest { input, column, preserve_nulls } => Node::Unnest { input: Box::new(hoist(input, inputs)), column: *column, preserve_nulls: *preserve_nulls },
         Node::Join { left, right, left_keys, right_keys, residual } => Node::Join {
@@ -1150,12 +1137,12 @@ fn prepare(steps: &[RowStep], row: &[Value]) -> Option<Row> {
         let current = owned.as_deref().unwrap_or(row);
         match step {
             // (a projection copies the columns it takes, without evaluating expressions)
-            RowStep::Map { columns: Some(columns), capacity, .. } => {
-                let mut row = Vec::with_capacity((*capacity).max(columns.len()));
+            RowStep::Map { columns: Some(columns), .. } => {
+                let mut row = Vec::with_capacity(columns.len());
                 row.extend(columns.iter().map(|c| current[*c].clone()));
                 owned = Some(row);
             }
-            RowStep::Map { exprs, capacity, .. } => owned = Some(RowStep::map(exprs, current, *capacity)),
+            RowStep::Map { exprs, .. } => owned = Some(RowStep::map(exprs, current)),
             RowStep::Filter(p) => {
                 if !p.passes(current) {
                     return None;
@@ -1171,8 +1158,8 @@ fn apply_steps(steps: &[RowStep], mut row: Row) -> Option<Row> {
         match step {
             // (not where the row's allocation is over twice what the step needs: whatever
             // keeps the new row would keep all of it)
-            RowStep::Map { columns: Some(columns), capacity, .. } if row.capacity() <= 2 * (*capacity).max(columns.len()) => row = RowStep::project(columns, row),
-            RowStep::Map { exprs, capacity, .. } => row = RowStep::map(exprs, &row, *capacity),
+            RowStep::Map { columns: Some(columns), .. } if row.capacity() <= 2 * columns.len() => row = RowStep::project(columns, row),
+            RowStep::Map { exprs, .. } => row = RowStep::map(exprs, &row),
             RowStep::Filter(p) => {
                 if !p.passes(&row) {
                     return None;
@@ -1193,8 +1180,8 @@ mod tests {
         for columns in [vec![0, 1], vec![1, 3, 5], vec![2], vec![0, 1, 2, 3, 4, 5], vec![4, 5]] {
             let exprs: Vec<Scalar> = columns.iter().map(|c| Scalar::Column(*c)).collect();
             let RowStep::Map { columns: Some(taken), .. } = RowStep::new_map(&exprs) else { panic!("{columns:?} is a projection") };
-            let expected = RowStep::map(&exprs, &row, 4);
-            let projected = apply_steps(&[RowStep::Map { exprs: exprs.clone(), capacity: 4, columns: Some(taken) }], row.clone()).unwrap();
+            let expected = RowStep::map(&exprs, &row);
+            let projected = apply_steps(&[RowStep::Map { exprs: exprs.clone(), columns: Some(taken) }], row.clone()).unwrap();
             assert_eq!(projected, expected, "{columns:?}");
         }
         // out of order, repeated or computed: evaluated
@@ -1238,14 +1225,13 @@ mod tests {
         assert!(aggregates.iter().all(|a| a.filter.is_none()));
         let slots = keyed_slots(keys, aggregates).expect("in keyed form");
         assert_eq!(slots[3], crate::aggregate::Slot::Column(1));
-        // the map moves into the view's input, with room for the group's row
+        // the map moves into the view's input
         let mut inputs = Vec::new();
         let hoisted = hoist(&keyed_plan, &mut inputs);
         assert!(matches!(&hoisted, Node::Aggregate { input, .. } if **input == Node::Scan { source: 0 }));
         let steps = &inputs[0].steps;
         let row = prepare(steps, &vec![Value::str("a"), Value::Int(-4)]).expect("no filter drops it");
         assert_eq!(row, vec![Value::str("a"), Value::Int(-4), Value::Null]);
-        assert!(row.capacity() >= 5, "room for the key and the four aggregates");
         assert_eq!(prepare(steps, &vec![Value::str("a"), Value::Int(4)]), Some(vec![Value::str("a"), Value::Int(4), Value::Int(1)]));
     }
 
