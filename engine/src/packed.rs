@@ -408,7 +408,7 @@ const SPILLED: u32 = u32::MAX;
 
 /// The words of a [`Spilled`], after a spilled group's packed row.
 const SPILLED_WORDS: usize = size_of::<Spilled>() / 8;
-const _: () = assert!(size_of::<Spilled>() % 8 == 0 && align_of::<Spilled>() <= 8);
+const _: () = assert!(size_of::<Spilled>().is_multiple_of(8) && align_of::<Spilled>() <= 8);
 
 /// A group given at least this many entries at once keeps them apart (see [`GroupRow`]).
 pub const SPILL_ENTRIES: usize = 8;
