@@ -365,7 +365,7 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let group = groups.slab[i].as_mut().expect("a group in the table is in the slab");
         if groups.summed {
             if group.counts().is_empty() {
-                group.set_entries(groups.totals.iter().map(|_| 0).collect(), Vec::new());
+                group.set_entries(vec![0; groups.totals.len()], Vec::new());
             }
             add(group.counts_mut(), aggregates, &row[k..], diff);
             if group.counts()[0] == 0 {

@@ -1029,8 +1029,8 @@ enum RowStep {
     /// a row owned by the step gives up in place rather than copying into a new one.
     /// (Rows are made with room for their values only. A grouping's input rows had room
     /// for the aggregates too, from when a new group kept its first row; since groups
-    /// keep packed keys that room went unused: without it engine-window took 0.5% and
-    /// nexmark-q7 3% fewer instructions: docs/benchmarks.md.)
+    /// keep packed keys that room went unused: without it engine-window took 0.4% fewer
+    /// instructions, engine-hop and nexmark-q5 the same: docs/benchmarks.md.)
     Map { exprs: Vec<Scalar>, columns: Option<Vec<usize>> },
     Filter(Scalar),
 }

@@ -642,9 +642,16 @@ impl GroupRow {
         if words == p {
             return;
         }
+        self.drop_entries();
+        self.row.0 = reallocate(self.row.0, words, p);
+    }
+
+    /// Drops its entries in place (a spilled group's vectors too), leaving none; the
+    /// allocation keeps its size, which the caller frees or shrinks (`words` before).
+    fn drop_entries(&mut self) {
+        let p = self.row.words();
         // SAFETY: a spilled group's vectors are read out once, an unspilled one's values
-        // dropped once: the group then has no entries, and its allocation shrinks to its
-        // packed row. (`entries` is set first: a value's drop does not see them.)
+        // dropped once: `entries` is set first, so that nothing reads them again
         unsafe {
             if self.entries == SPILLED {
                 self.entries = 0;
@@ -655,7 +662,6 @@ impl GroupRow {
                 std::ptr::drop_in_place(values);
             }
         }
-        self.row.0 = reallocate(self.row.0, words, p);
     }
 
     /// Replaces its packed row with one of `n` values (`key`, moved in, then NULLs);
@@ -691,15 +697,10 @@ impl GroupRow {
 impl Drop for GroupRow {
     fn drop(&mut self) {
         let words = self.words();
-        let p = self.row.words();
-        // SAFETY: the entries are dropped (the spilled ones' vectors read out, once), then
-        // the packed row's references given back, then the allocation of `words` freed
+        self.drop_entries();
+        // SAFETY: the entries are dropped; the packed row's references are given back,
+        // then the allocation, still of `words`, freed
         unsafe {
-            if self.entries == SPILLED {
-                drop((self.row.0.as_ptr().add(p) as *const Spilled).read());
-            } else {
-                std::ptr::drop_in_place(self.values() as *const [Value] as *mut [Value]);
-            }
             self.row.give_back_all();
             dealloc(self.row.0.as_ptr() as *mut u8, Layout::array::<u64>(words).expect("a group's size fits in memory"));
         }
