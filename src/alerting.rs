@@ -147,7 +147,7 @@ async fn watch(alerting: std::sync::Weak<Alerting>, view: Arc<LiveView>, to_sign
             Ok(c) => {
                 last_epoch = c.epoch;
                 let Some(a) = alerting.upgrade() else { return };
-                a.handle(c.changes.iter().filter(|(_, d)| *d > 0).flat_map(|(r, _)| to_signals(r, c.epoch)).collect());
+                a.handle(c.changes.iter().filter(|c| c.diff > 0).flat_map(|change| to_signals(&change.row.to_row(), c.epoch)).collect());
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 sub = view.subscribe(Some(last_epoch));
@@ -155,7 +155,7 @@ async fn watch(alerting: std::sync::Weak<Alerting>, view: Arc<LiveView>, to_sign
                     let Some(a) = alerting.upgrade() else { return };
                     for c in changes {
                         last_epoch = c.epoch;
-                        a.handle(c.changes.iter().filter(|(_, d)| *d > 0).flat_map(|(r, _)| to_signals(r, c.epoch)).collect());
+                        a.handle(c.changes.iter().filter(|c| c.diff > 0).flat_map(|change| to_signals(&change.row.to_row(), c.epoch)).collect());
                     }
                 }
             }

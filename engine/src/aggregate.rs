@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!   rows key ++ inputs ──exchange by key──▶ Aggregate ──(key ++ aggregates) changes──▶
-//!                                            per group: its key, packed, and the
+//!                                            per group: its row as last emitted
+//!                                            (shared with the view store), and the
 //!                                            sorted multiset of its inputs, flat
 //! ```
 //!
@@ -19,9 +20,8 @@
 //! an epoch, applies it: each update goes to its group's sorted multiset (in place for a
 //! small group; a large one merges the epoch's consolidated updates once), and then each
 //! touched group recomputes its aggregates and emits a retraction of the old row and the
-//! new row if they differ. (The old row's aggregates are computed from the group's
-//! inputs as the epoch first touches it: a group does not keep the row it emitted, which
-//! the view store holds.) This is what differential's `reduce` computes for a
+//! new row if they differ. (A group keeps the row it emitted, shared with the view
+//! store: see [`Held`].) This is what differential's `reduce` computes for a
 //! total order, without the two arrangements (input and output, each a sorted spine
 //! merged in the background with a history per key) that a partially ordered time needs:
 //! see docs/architecture.md.
@@ -34,13 +34,14 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::{Capability, InputCapability, Operator};
+use timely::dataflow::StreamVec;
 
 use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate};
 use crate::schema::DataType;
 use crate::time::Epoch;
-use crate::packed::{GroupRow, PackedRow};
-use crate::value::{cmp_values, hash_row, sorted_by_prefix, spread, Row, Value};
+use crate::packed::{GroupRow, SharedRow};
+use crate::value::{cmp_values, sorted_by_prefix, spread, Row, RowHasher, Value};
 
 /// Where an aggregate finds its input value for each event.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,23 +74,28 @@ pub fn inputs(aggregates: &[Aggregate]) -> (Vec<(Scalar, Option<Scalar>)>, Vec<S
     (inputs, slots)
 }
 
-/// One group, in one allocation ([`GroupRow`]): its key, packed (8 + 32 bytes for
-/// engine-window's 3 values, where a vector of them took 24 + 48), and the sorted
-/// multiset of its inputs, flat. A group of fewer
-/// than [`KEEP_AGGREGATES`] entries does not keep the aggregates it last emitted:
-/// [`apply`] computes them again from its inputs when an epoch first touches it (the
-/// view store holds the row; with a copy of it in every group engine-window took 20 more
-/// bytes per live row, and 3% more instructions to keep it up to date); a larger one keeps
-/// them after its key, where a walk over its entries would cost more (engine-hop's
-/// groups hold tens: 9% more instructions without: docs/benchmarks.md). Each entry is `width`
-/// consecutive values of its `values` (the operator's width) and its count in `counts`,
-/// never zero.
+/// A group's inputs, in one allocation ([`GroupRow`], without a key): the sorted
+/// multiset of its inputs, flat. Each entry is `width` consecutive values of its
+/// `values` (the operator's width) and its count in `counts`, never zero.
 ///
 /// In a grouping whose aggregates are all running totals ([`Groups::summed`]), a group
 /// keeps no inputs (its entries have no values): its counts are its totals, its number
 /// of rows and then each aggregate's count of non-NULL inputs and integer sum (none
 /// once the rows cancel, as the multiset would be).
 type Group = GroupRow;
+
+/// A group as the operator keeps it: the row it last emitted, `key ++ aggregates`,
+/// which is also its key, and its inputs. The row is the one the view store holds
+/// ([`SharedRow`]: one allocation between them, and the history's changes): an epoch
+/// that changes the group's aggregates emits that same row as the retraction and a new
+/// one. (The group kept its key packed before its inputs, and computed the aggregates
+/// it had emitted from its inputs again to retract them; the store copied each row it
+/// took in: docs/benchmarks.md.) A group made in this epoch holds its row alone until
+/// the epoch's end, when its aggregates are written into it.
+struct Held {
+    row: SharedRow,
+    group: Group,
+}
 
 /// A vector kept in chunks of a fixed size, so that growing it never moves what it
 /// holds. (A plain vector of groups doubles by copying every group into fresh memory,
@@ -157,8 +163,8 @@ struct Groups {
     /// float sums are not, nor are min and max without the inputs once one is retracted.)
     summed: bool,
     table: hashbrown::HashTable<(u32, u32)>,
-    /// The groups, each in one allocation; `None` where one was removed (see `free`).
-    slab: Slab<Option<Group>>,
+    /// The groups; `None` where one was removed (see `free`).
+    slab: Slab<Option<Held>>,
     /// Beside the slab: whether the epoch being applied has touched the group yet.
     touched: Vec<bool>,
     free: Vec<usize>,
@@ -166,10 +172,7 @@ struct Groups {
     /// between epochs for their room, up to [`KEEP_ROOM`] entries. (Grown from empty, the
     /// list was reallocated a dozen times an epoch, doubling to 10,000 entries and more.)
     scratch: Row,
-    touched_list: Vec<(u32, bool)>,
-    /// The aggregates each touched group that is not new had before the epoch, in the
-    /// order of `touched_list` (see [`apply`]); kept between epochs as the list is.
-    before: Row,
+    touched_list: Vec<(u32, bool, RowHasher)>,
     /// A new summed group's totals, as its first update makes them (see `summed`).
     totals: Vec<isize>,
 }
@@ -186,21 +189,27 @@ impl Groups {
     }
 
     /// A key's hash in the table: 32 bits, spread over the 64 the table takes (see
-    /// [`spread`]), so that an entry keeps the whole of it in half the room.
+    /// [`spread`]), so that an entry keeps the whole of it in half the room; and the
+    /// hasher of the key's values, to go on with a row's aggregates (see [`apply`]).
     #[inline]
-    fn hash(&self, key: &[Value]) -> u64 {
-        spread(hash_row(key, 0) as u32)
+    fn hash(&self, key: &[Value]) -> (u64, RowHasher) {
+        let mut h = RowHasher::new(0);
+        for v in key {
+            h.add(v);
+        }
+        (spread(h.finish() as u32), h)
     }
 
     /// The slab position of the key's group, if it has one.
     #[inline]
     fn find(&self, hash: u64, key: &[Value]) -> Option<usize> {
-        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].as_ref().is_some_and(|g| g.key().equals_at(0, key))).map(|(_, i)| *i as usize)
+        self.table.find(hash, |(h, i)| *h == hash as u32 && self.slab[*i as usize].as_ref().is_some_and(|g| g.row.equals_at(0, key))).map(|(_, i)| *i as usize)
     }
 
-    /// Makes a group of the update's row: its inputs become the group's one entry (and
-    /// any values after them are dropped), its key moves to the group's row.
-    fn insert(&mut self, hash: u64, row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> u32 {
+    /// Makes a group of the update's row: its key moves to the group's row (its
+    /// aggregates NULL until the epoch's end), its inputs become the group's one entry
+    /// (and any values after them are dropped).
+    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> u32 {
         let i = self.free.pop().unwrap_or_else(|| {
             self.slab.push(None);
             self.touched.push(false);
@@ -209,30 +218,27 @@ impl Groups {
         // (the update's row is freed here, on this thread, and its memory is the next
         // update's: kept until the epoch's end to become the group's first row out, a
         // restart of 10M events took 9.4 s instead of 7.0: docs/benchmarks.md)
-        self.slab[i] = Some(if self.summed {
+        if self.summed {
             self.totals.fill(0);
             add(&mut self.totals, aggregates, &row[k..], diff);
-            GroupRow::new(row, k, k, 0, &self.totals)
-        } else {
-            GroupRow::new(row, k, k, self.width, &[diff])
-        });
+        }
+        let key = SharedRow::build(row.drain(..k), k + aggregates.len());
+        let group = if self.summed { GroupRow::new(row, 0, &self.totals) } else { GroupRow::new(row, self.width, &[diff]) };
+        self.slab[i] = Some(Held { row: key, group });
         let at = u32::try_from(i).expect("fewer than 2^32 groups on a worker");
         self.table.insert_unique(hash, (hash as u32, at), |(h, _)| spread(*h));
         at
     }
 
-    /// Forgets a group (its values are gone).
-    fn remove(&mut self, i: usize) -> Group {
-        let group = self.slab[i].take().expect("a group in the table is in the slab");
-        let key = group.key();
-        let mut row = Vec::new();
-        key.extend_into(0..self.key_len.unwrap_or(key.len()), &mut row);
-        let hash = self.hash(&row);
+    /// Forgets a group (its values are gone): its row.
+    fn remove(&mut self, i: usize) -> SharedRow {
+        let held = self.slab[i].take().expect("a group in the table is in the slab");
+        let hash = spread(held.row.hash_prefix(self.key_len.unwrap_or(held.row.len())) as u32);
         if let Ok(entry) = self.table.find_entry(hash, |(_, j)| *j as usize == i) {
             entry.remove();
         }
         self.free.push(i);
-        group
+        held.row
     }
 }
 
@@ -252,8 +258,8 @@ impl Grouping {
 
     /// Applies one epoch's updates, rows `key ++ inputs` (inputs as [`inputs`] lays them
     /// out); `emit` gets each changed group's old row (-1) and new row (+1).
-    pub fn apply(&mut self, updates: Vec<(Row, isize)>, emit: impl FnMut(Row, isize)) {
-        apply(&mut self.groups, &self.aggregates, updates, emit)
+    pub fn apply(&mut self, updates: Vec<(Row, isize)>, mut emit: impl FnMut(Row, isize)) {
+        apply(&mut self.groups, &self.aggregates, updates, |row, _, diff| emit(row.to_row(), diff))
     }
 }
 
@@ -264,43 +270,50 @@ pub(crate) type Update = (Row, Epoch, isize);
 /// aggregates reading the inputs through their slots (`Column(i)`: the row's value at
 /// `key_len + i`; values after the last one a slot reads are ignored).
 pub fn group<'s>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize> {
+    grouped(input, key_len, aggregates, |row, _| row.to_row()).as_collection()
+}
+
+/// [`group`], its rows the groups' own, with their hashes: for a view's last operator,
+/// whose rows go to the view store as they are (see [`Held`]).
+pub fn group_shared<'s>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> StreamVec<'s, Epoch, ((SharedRow, u32), Epoch, isize)> {
+    grouped(input, key_len, aggregates, |row, hash| (row, hash))
+}
+
+fn grouped<'s, D: Clone + 'static>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>, out: fn(SharedRow, u32) -> D) -> StreamVec<'s, Epoch, (D, Epoch, isize)> {
     let width = aggregates.iter().filter_map(|(_, slot)| if let Slot::Column(c) = slot { Some(c + 1) } else { None }).max().unwrap_or(0);
     if timely::dataflow::Scope::peers(&input.inner.scope()) > 1 {
         // (seeded apart from the groups' table, whose hashes would otherwise all share
         // the bits that chose the worker)
         let hasher = foldhash::fast::FixedState::with_seed(0x5eed_0f_9a7e);
         let by_key = Exchange::new(move |(row, _, _): &Update| hasher.hash_one(&row[..key_len.unwrap_or(row.len())]));
-        operator(input, by_key, key_len, width, aggregates)
+        operator(input, by_key, key_len, width, aggregates, out)
     } else {
-        operator(input, Pipeline, key_len, width, aggregates)
+        operator(input, Pipeline, key_len, width, aggregates, out)
     }
 }
 
-fn operator<'s, P>(input: VecCollection<'s, Epoch, Row, isize>, pact: P, key_len: Option<usize>, width: usize, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize>
+fn operator<'s, P, D: Clone + 'static>(input: VecCollection<'s, Epoch, Row, isize>, pact: P, key_len: Option<usize>, width: usize, aggregates: Vec<(Aggregate, Slot)>, out: fn(SharedRow, u32) -> D) -> StreamVec<'s, Epoch, (D, Epoch, isize)>
 where
     P: ParallelizationContract<Epoch, Vec<Update>>,
 {
-    input
-        .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<(Row, Epoch, isize)>>, _, _, _>(pact, "Aggregate", move |_, _| {
-            // each epoch's updates, in the containers they came in
-            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<Update>>)> = BTreeMap::new();
-            let mut groups = Groups::new(key_len, width, &aggregates);
-            move |(input, frontier), output| {
-                input.for_each(|cap, updates| stash(&mut pending, &cap, updates, |c| (c, Vec::new()), |(_, containers)| containers));
-                // apply every epoch the frontier has passed, in order
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let (t, (cap, updates)) = entry.remove_entry();
-                    let mut session = output.session(&cap);
-                    let updates = updates.into_iter().flatten().map(|(row, _, diff)| (row, diff));
-                    apply(&mut groups, &aggregates, updates, |row, diff| session.give((row, t, diff)));
+    input.inner.unary_frontier::<CapacityContainerBuilder<Vec<(D, Epoch, isize)>>, _, _, _>(pact, "Aggregate", move |_, _| {
+        // each epoch's updates, in the containers they came in
+        let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<Update>>)> = BTreeMap::new();
+        let mut groups = Groups::new(key_len, width, &aggregates);
+        move |(input, frontier), output| {
+            input.for_each(|cap, updates| stash(&mut pending, &cap, updates, |c| (c, Vec::new()), |(_, containers)| containers));
+            // apply every epoch the frontier has passed, in order
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
                 }
+                let (t, (cap, updates)) = entry.remove_entry();
+                let mut session = output.session(&cap);
+                let updates = updates.into_iter().flatten().map(|(row, _, diff)| (row, diff));
+                apply(&mut groups, &aggregates, updates, |row, hash, diff| session.give((out(row, hash), t, diff)));
             }
-        })
-        .as_collection()
+        }
+    })
 }
 
 /// Files a container of updates under its epoch (or epochs) in `pending`, whose entry
@@ -332,44 +345,37 @@ pub(crate) fn stash<E>(pending: &mut BTreeMap<Epoch, E>, cap: &InputCapability<E
 const IN_PLACE: usize = 8;
 
 /// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
-fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = (Row, isize)>, mut emit: impl FnMut(Row, isize)) {
-    // the groups the epoch touches, in the order it first does, and whether each is new;
-    // and the aggregates each one that is not new had before the epoch, in that order
+fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = (Row, isize)>, mut emit: impl FnMut(SharedRow, u32, isize)) {
+    // the groups the epoch touches, in the order it first does, whether each is new, and
+    // the hasher of its key's values (each row out is hashed as `hash_row` has it, which
+    // goes on with the aggregates' values: a hash of the packed row took engine-window's
+    // dataflow thread 186 instructions per event)
     let mut touched = std::mem::take(&mut groups.touched_list);
-    let mut before = std::mem::take(&mut groups.before);
     // changes to large groups (whole rows: their inputs follow the key), merged below
     let mut deferred: Vec<(usize, Row, isize)> = Vec::new();
     let width = groups.width;
     for (row, diff) in updates {
         let k = groups.key_len(&row);
-        let hash = groups.hash(&row[..k]);
+        let (hash, hasher) = groups.hash(&row[..k]);
         let Some(i) = groups.find(hash, &row[..k]) else {
             let i = groups.insert(hash, row, k, diff, aggregates);
             groups.touched[i as usize] = true;
-            touched.push((i, true));
+            touched.push((i, true, hasher));
             continue;
         };
         if !groups.touched[i] {
             groups.touched[i] = true;
             // (a group from an earlier epoch has entries: one left without is removed)
-            touched.push((i as u32, false));
-            // the row the group last emitted has the aggregates of its inputs as they are
-            // until this epoch changes them (every epoch that changed them emitted them);
-            // a large group keeps them (see `Group`)
-            let group = groups.slab[i].as_ref().expect("a group in the table is in the slab");
-            match group.key() {
-                key if key.len() > k => key.extend_into(k..key.len(), &mut before),
-                _ => compute(group, groups.summed, width, aggregates, &mut before),
-            }
+            touched.push((i as u32, false, hasher));
         }
-        let group = groups.slab[i].as_mut().expect("a group in the table is in the slab");
+        let group = &mut groups.slab[i].as_mut().expect("a group in the table is in the slab").group;
         if groups.summed {
             if group.counts().is_empty() {
-                group.set_entries(vec![0; groups.totals.len()], Vec::new());
+                group.set_entries(vec![0; groups.totals.len()], Vec::new(), 0);
             }
             add(group.counts_mut(), aggregates, &row[k..], diff);
             if group.counts()[0] == 0 {
-                group.set_entries(Vec::new(), Vec::new());
+                group.set_entries(Vec::new(), Vec::new(), 0);
             }
         } else if group.counts().len() < IN_PLACE {
             change(group, width, row, k, diff);
@@ -383,69 +389,47 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let inputs = groups.key_len.map_or(0..0, |k| k..k + width);
         let order = sorted_by_prefix(&deferred, |(i, row, _)| (*i, &row[inputs.clone()]));
         for run in order.chunk_by(|a, b| deferred[*a as usize].0 == deferred[*b as usize].0) {
-            let group = groups.slab[deferred[run[0] as usize].0].as_mut().expect("a group in the table is in the slab");
+            let group = &mut groups.slab[deferred[run[0] as usize].0].as_mut().expect("a group in the table is in the slab").group;
             merge(group, width, run.iter().map(|n| {
                 let (_, row, diff) = &deferred[*n as usize];
                 (&row[inputs.clone()], *diff)
             }));
         }
     }
-    let mut before_at = 0;
-    for (i, new) in touched.drain(..) {
+    // the hash of a row of the key and these aggregates
+    let row_hash = |mut h: RowHasher, aggregates: &[Value]| {
+        aggregates.iter().for_each(|v| h.add(v));
+        h.finish() as u32
+    };
+    for (i, new, hasher) in touched.drain(..) {
         let i = i as usize;
         groups.touched[i] = false;
-        let old = if new {
-            &mut before[0..0]
-        } else {
-            before_at += aggregates.len();
-            &mut before[before_at - aggregates.len()..before_at]
-        };
-        // the key's values and then the aggregates, which move out
-        let row_of = |key: &PackedRow, k: usize, aggregates: &mut [Value]| {
-            let mut row = Vec::with_capacity(k + aggregates.len());
-            key.extend_into(0..k, &mut row);
-            row.extend(aggregates.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
-            row
-        };
-        if groups.slab[i].as_ref().expect("a touched group is in the slab").counts().is_empty() {
+        if groups.slab[i].as_ref().expect("a touched group is in the slab").group.counts().is_empty() {
             // (a group made for updates that all cancel is forgotten without a word)
-            let group = groups.remove(i);
+            let row = groups.remove(i);
             if !new {
-                // (the key's values move out of the group's packed row)
-                let k = groups.key_len.unwrap_or(group.key().len());
-                let mut row = group.into_key();
-                row.truncate(k);
-                row.extend(old.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
-                emit(row, -1);
+                let hash = row.hash_on(hasher, groups.key_len.unwrap_or(row.len())) as u32;
+                emit(row, hash, -1);
             }
             continue;
         }
-        let group = groups.slab[i].as_mut().expect("a group in the table is in the slab");
+        let held = groups.slab[i].as_mut().expect("a group in the table is in the slab");
         let now = &mut groups.scratch;
         now.clear();
-        compute(group, groups.summed, width, aggregates, now);
-        let changed = new || *old != **now;
-        let k = groups.key_len.unwrap_or(group.key().len());
-        if changed && !new {
-            emit(row_of(group.key(), k, old), -1);
-        }
-        if group.key().len() > k {
-            if changed {
-                group.set_key_from(k, now);
-            }
-        } else if !groups.summed && !aggregates.is_empty() && group.counts().len() >= KEEP_AGGREGATES {
-            let mut row = Vec::with_capacity(k + now.len());
-            group.key().extend_into(0..k, &mut row);
-            row.extend_from_slice(now);
-            group.set_key(row, k + now.len());
-        }
-        if changed {
-            emit(row_of(group.key(), k, now), 1);
+        compute(&held.group, groups.summed, width, aggregates, now);
+        let k = groups.key_len.unwrap_or(held.row.len());
+        if new {
+            let hash = row_hash(hasher, now);
+            held.row.get_mut().expect("a new group's row is not emitted yet").set_from(k, now);
+            emit(held.row.clone(), hash, 1);
+        } else if !held.row.equals_at(k, now) {
+            let old_hash = held.row.hash_on(hasher, k) as u32;
+            let hash = row_hash(hasher, now);
+            let row = SharedRow::with_prefix(&held.row, k, now);
+            emit(std::mem::replace(&mut held.row, row), old_hash, -1);
+            emit(held.row.clone(), hash, 1);
         }
     }
-    before.clear();
-    before.shrink_to(KEEP_ROOM);
-    groups.before = before;
     // (a view's first epoch holds every retained event: millions of groups)
     touched.shrink_to(KEEP_ROOM);
     groups.touched_list = touched;
@@ -453,10 +437,6 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
 
 /// How many entries the list of an epoch's touched groups keeps room for between epochs.
 const KEEP_ROOM: usize = 1 << 17;
-
-/// A group of this many entries or more keeps the aggregates it last emitted after its
-/// key (see [`Group`]).
-const KEEP_AGGREGATES: usize = IN_PLACE;
 
 /// Appends a group's aggregates, as its inputs (or totals) now are, to `out`. (Out of
 /// line: [`apply`] calls it twice, and the loop over updates, where it is called for a
@@ -589,7 +569,7 @@ fn merge<'a>(group: &mut Group, width: usize, changes: impl Iterator<Item = (&'a
             merged.push(m);
         }
     }
-    group.set_entries(merged, values);
+    group.set_entries(merged, values, width);
 }
 
 /// Calls `f` with the value of slot `Column(c)` of each entry with a positive count, and the count.
@@ -772,7 +752,7 @@ mod tests {
     /// A group without a key holding these entries (each `width` values).
     fn group_of(width: usize, entries: &[(Row, isize)]) -> Group {
         let counts: Vec<isize> = entries.iter().map(|(_, n)| *n).collect();
-        GroupRow::new(entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), 0, 0, width, &counts)
+        GroupRow::new(entries.iter().flat_map(|(r, _)| r.iter().cloned()).collect(), width, &counts)
     }
 
     fn entries_of(group: &Group, width: usize) -> Vec<(Row, isize)> {
@@ -860,13 +840,22 @@ mod tests {
         // DISTINCT: the whole row is the key, and each group has one entry, of no values
         let mut groups = Groups::new(None, 0, &[]);
         let mut out = Vec::new();
-        apply(&mut groups, &[], vec![(row(&[1, 2]), 1), (row(&[1, 2]), 1), (row(&[3]), 1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &[], vec![(row(&[1, 2]), 1), (row(&[1, 2]), 1), (row(&[3]), 1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         out.sort();
         assert_eq!(out, vec![(row(&[1, 2]), 1), (row(&[3]), 1)]);
         out.clear();
-        apply(&mut groups, &[], vec![(row(&[1, 2]), -1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &[], vec![(row(&[1, 2]), -1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         assert!(out.is_empty());
-        apply(&mut groups, &[], vec![(row(&[1, 2]), -1), (row(&[3]), -1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &[], vec![(row(&[1, 2]), -1), (row(&[3]), -1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         out.sort();
         assert_eq!(out, vec![(row(&[1, 2]), -1), (row(&[3]), -1)]);
         assert_eq!(groups.table.len(), 0);
@@ -895,7 +884,10 @@ mod tests {
                 *all.entry((key, value)).or_default() += diff;
                 updates.push((row(&[key, value]), diff));
             }
-            apply(&mut groups, &aggregates, updates, |r, d| *view.entry(r).or_default() += d);
+            apply(&mut groups, &aggregates, updates, |r, h, d| {
+                assert_eq!(h, r.hash() as u32);
+                *view.entry(r.to_row()).or_default() += d
+            });
             view.retain(|_, d| *d != 0);
             let mut expected: std::collections::BTreeMap<Row, isize> = Default::default();
             for key in 0..4 {
@@ -906,9 +898,8 @@ mod tests {
             }
             assert_eq!(view, expected, "after epoch {epoch}");
             assert!(groups.touched.iter().all(|t| !t));
-            // (large groups keep their aggregates after their key, and are checked above)
-            assert!((0..groups.slab.len()).all(|i| groups.slab[i].as_ref().is_none_or(|g| g.key().len() == 1 + aggregates.len() || g.counts().len() < KEEP_AGGREGATES)));
-            assert!(epoch == 0 || (0..groups.slab.len()).any(|i| groups.slab[i].as_ref().is_some_and(|g| g.key().len() == 1 + aggregates.len())));
+            // (every group's row is its key and the aggregates it last emitted)
+            assert!((0..groups.slab.len()).all(|i| groups.slab[i].as_ref().is_none_or(|g| view.contains_key(&g.row.to_row()))));
         }
     }
 
@@ -995,7 +986,10 @@ mod tests {
             // and a key whose rows come and go within the epoch
             updates.push((input(9, Some(1)), 1));
             updates.push((input(9, Some(1)), -1));
-            apply(&mut groups, &aggregates, updates, |r, d| *view.entry(r).or_default() += d);
+            apply(&mut groups, &aggregates, updates, |r, h, d| {
+                assert_eq!(h, r.hash() as u32);
+                *view.entry(r.to_row()).or_default() += d
+            });
             view.retain(|_, d| *d != 0);
             let mut expected: std::collections::BTreeMap<Row, isize> = Default::default();
             for key in 0..5 {
@@ -1016,27 +1010,45 @@ mod tests {
         let aggregates = count_and_max();
         let mut groups = Groups::new(Some(1), 1, &aggregates);
         let mut out = Vec::new();
-        apply(&mut groups, &aggregates, vec![(row(&[7, 4]), 1), (row(&[7, 2]), 1), (row(&[8, 1]), 1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 4]), 1), (row(&[7, 2]), 1), (row(&[8, 1]), 1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         out.sort();
         assert_eq!(out, vec![(row(&[7, 2, 4]), 1), (row(&[8, 1, 1]), 1)]);
         out.clear();
         // an update that changes nothing visible emits nothing
-        apply(&mut groups, &aggregates, vec![(row(&[7, 2]), 1), (row(&[7, 3]), 1), (row(&[7, 2]), -1), (row(&[7, 3]), -1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 2]), 1), (row(&[7, 3]), 1), (row(&[7, 2]), -1), (row(&[7, 3]), -1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         assert!(out.is_empty());
-        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), 1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), 1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         assert_eq!(out, vec![(row(&[7, 2, 4]), -1), (row(&[7, 3, 9]), 1)]);
         out.clear();
-        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), -1), (row(&[7, 4]), -1), (row(&[7, 2]), -1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), -1), (row(&[7, 4]), -1), (row(&[7, 2]), -1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         assert_eq!(out, vec![(row(&[7, 3, 9]), -1)]);
         // the emptied group's place is reused
         assert_eq!(groups.free.len(), 1);
-        apply(&mut groups, &aggregates, vec![(row(&[7, 5]), 1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[7, 5]), 1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         assert_eq!(out.last(), Some(&(row(&[7, 1, 5]), 1)));
         assert!(groups.free.is_empty());
         assert_eq!(groups.table.len(), 2);
         // updates to a new key that cancel within the epoch leave no group behind
         out.clear();
-        apply(&mut groups, &aggregates, vec![(row(&[9, 1]), 1), (row(&[9, 1]), -1)], |r, d| out.push((r, d)));
+        apply(&mut groups, &aggregates, vec![(row(&[9, 1]), 1), (row(&[9, 1]), -1)], |r, h, d| {
+            assert_eq!(h, r.hash() as u32);
+            out.push((r.to_row(), d))
+        });
         assert!(out.is_empty());
         assert_eq!(groups.table.len(), 2);
         assert_eq!(groups.free.len(), 1);

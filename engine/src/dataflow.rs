@@ -38,12 +38,11 @@ use std::time::Duration;
 
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::VecCollection;
-use differential_dataflow::AsCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Exchange, Operator, Probe};
-use timely::dataflow::Scope;
+use timely::dataflow::{Scope, StreamVec};
 use tokio::sync::oneshot;
 
 use crate::detect::Detector;
@@ -51,7 +50,8 @@ use crate::error::{Error, Result};
 use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate, Node, ViewPlan};
 use crate::schema::Stream;
-use crate::store::{LiveView, ViewStore};
+use crate::packed::SharedRow;
+use crate::store::{Change, LiveView, ViewStore};
 use crate::time::Epoch;
 use crate::value::{Row, Value};
 
@@ -227,12 +227,12 @@ struct ViewRuntime {
     /// [`hoist`]); several may read one stream.
     inputs: Vec<ViewInput>,
     probe: ProbeHandle<Epoch>,
-    output: Rc<RefCell<Vec<(Row, Epoch, isize)>>>,
+    output: Rc<RefCell<Vec<Out>>>,
     /// The vector `output` is swapped with when its changes are taken, empty: each keeps
     /// its room between rounds, up to `SPARE_ROOM` changes. (Taken whole and regrown from
     /// empty by doubling every round, to 100,000 changes and more, it cost engine-window's
     /// worker about 1%.)
-    spare: Vec<(Row, Epoch, isize)>,
+    spare: Vec<Out>,
     /// Whether an epoch's output never repeats a row (see `Node::changes_are_consolidated`).
     consolidated: bool,
     dataflow: usize,
@@ -255,12 +255,17 @@ impl ViewRuntime {
     }
 }
 
+/// A view's output on its way to the store: each row packed and hashed where it was
+/// computed, on its worker, so that neither the leader nor the store's writer copies
+/// or hashes it (see [`SharedRow`]).
+type Out = ((SharedRow, u32), Epoch, isize);
+
 /// What the leader hands the store's writer: applied in the order sent.
 enum Write {
     /// One epoch's changes to a view.
-    Publish(Arc<LiveView>, Epoch, Vec<(Row, isize)>),
+    Publish(Arc<LiveView>, Epoch, Vec<Change>),
     /// Detector output, consolidated, to `anomalies` as of this epoch (or its own, if later).
-    Anomalies(Epoch, Vec<(Row, isize)>),
+    Anomalies(Epoch, Vec<Change>),
     /// Runs once everything sent before is in the store (replies, captures).
     Then(Box<dyn FnOnce() + Send>),
 }
@@ -328,10 +333,10 @@ impl Writer {
 /// Applies one write to the store.
 fn apply(store: &ViewStore, write: Write) {
     match write {
-        Write::Publish(view, epoch, changes) => view.publish_changes(epoch, changes),
+        Write::Publish(view, epoch, changes) => view.publish(epoch, changes),
         Write::Anomalies(epoch, changes) => {
             if let Some(view) = store.get(crate::detect::ANOMALIES) {
-                view.publish_changes(epoch.max(view.epoch()), changes);
+                view.publish(epoch.max(view.epoch()), changes);
             }
         }
         Write::Then(then) => then(),
@@ -717,16 +722,15 @@ fn create_view(
     let count = hoisted.len();
     let (sessions, probe) = worker.dataflow::<Epoch, _, _>(move |scope| {
         let (sessions, collections): (Vec<_>, Vec<_>) = (0..count).map(|_| scope.new_collection::<Row, isize>()).unzip();
-        let mut changes = build(&root, &collections, scope, &mut Vec::new());
+        let mut changes = changes_of(&root, &collections, scope);
         if scope.peers() > 1 {
             // worker 0 publishes every view's changes
-            changes = changes.inner.exchange(|_| 0).as_collection();
+            changes = changes.exchange(|_| 0);
         }
         // move each update to the sink (no copy); the probe after it passes an epoch only
         // once the sink has taken all of the epoch's updates
         let (probe, _) = changes
-            .inner
-            .unary::<CapacityContainerBuilder<Vec<(Row, Epoch, isize)>>, _, _, _>(Pipeline, "Publish", move |_, _| {
+            .unary::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(Pipeline, "Publish", move |_, _| {
                 move |input, _output| input.for_each(|_, updates| sink.borrow_mut().append(updates))
             })
             .probe();
@@ -782,7 +786,7 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
         if through <= v.published && v.output.borrow().is_empty() {
             continue;
         }
-        let mut ready: BTreeMap<Epoch, Vec<(Row, isize)>> = BTreeMap::new();
+        let mut ready: BTreeMap<Epoch, Vec<Change>> = BTreeMap::new();
         let mut output = v.output.borrow_mut();
         let mut pending = std::mem::take(&mut v.spare);
         std::mem::swap(&mut *output, &mut pending);
@@ -796,11 +800,11 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
             }
         }
         let size = |t: Epoch| sizes.iter().filter(|(epoch, _)| *epoch == t).map(|(_, n)| n).sum();
-        for (row, t, diff) in pending.drain(..) {
+        for ((row, hash), t, diff) in pending.drain(..) {
             if t < complete_below {
-                ready.entry(t).or_insert_with(|| Vec::with_capacity(size(t))).push((row, diff));
+                ready.entry(t).or_insert_with(|| Vec::with_capacity(size(t))).push(Change { row, hash, diff });
             } else {
-                output.push((row, t, diff));
+                output.push(((row, hash), t, diff));
             }
         }
         drop(output);
@@ -809,14 +813,17 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
         v.spare = pending;
         for (epoch, mut changes) in ready {
             if v.consolidated {
-                changes.retain(|(_, diff)| *diff != 0);
+                changes.retain(|c| c.diff != 0);
             } else {
                 consolidate(&mut changes);
             }
             let now = crate::time::now_ms();
-            for d in detectors.iter_mut().filter(|d| d.view() == v.name) {
-                d.apply(&changes, now);
-                anomalies.extend(d.close(None));
+            if detectors.iter().any(|d| d.view() == v.name) {
+                let rows: Vec<(Row, isize)> = changes.iter().map(|c| (c.row.to_row(), c.diff)).collect();
+                for d in detectors.iter_mut().filter(|d| d.view() == v.name) {
+                    d.apply(&rows, now);
+                    anomalies.extend(d.close(None));
+                }
             }
             if let Some(live) = &v.live {
                 writer.send(Write::Publish(live.clone(), epoch, changes));
@@ -845,21 +852,21 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
 /// each row's 64-bit hash goes into a table of the distinct rows' positions, and a row
 /// is compared only with those of an equal hash. (A table instead of sorting the
 /// hashes: `nexmark-q0` spent 14% of its dataflow thread's instructions in that sort.)
-fn consolidate(changes: &mut Vec<(Row, isize)>) {
-    let mut first: hashbrown::HashTable<(u64, usize)> = hashbrown::HashTable::with_capacity(changes.len());
+fn consolidate(changes: &mut Vec<Change>) {
+    let mut first: hashbrown::HashTable<usize> = hashbrown::HashTable::with_capacity(changes.len());
     for j in 0..changes.len() {
-        let hash = crate::value::hash_row(&changes[j].0, 0);
-        match first.find(hash, |&(h, i)| h == hash && changes[i].0 == changes[j].0).map(|&(_, i)| i) {
+        let hash = crate::value::spread(changes[j].hash);
+        match first.find(hash, |&i| changes[i].hash == changes[j].hash && changes[i].row == changes[j].row).copied() {
             Some(i) => {
-                let diff = std::mem::take(&mut changes[j].1);
-                changes[i].1 += diff;
+                let diff = std::mem::take(&mut changes[j].diff);
+                changes[i].diff += diff;
             }
             None => {
-                first.insert_unique(hash, (hash, j), |&(h, _)| h);
+                first.insert_unique(hash, j, |&i| crate::value::spread(changes[i].hash));
             }
         }
     }
-    changes.retain(|(_, diff)| *diff != 0);
+    changes.retain(|c| c.diff != 0);
 }
 
 /// The epoch every view has published: detector output is complete through it.
@@ -868,11 +875,12 @@ fn complete_through(views: &[ViewRuntime], last_epoch: Epoch) -> Epoch {
 }
 
 /// Publishes detector output to `anomalies`, as of `epoch` (or its current epoch, if later).
-fn publish_anomalies(writer: &Writer, epoch: Epoch, mut changes: Vec<(Row, isize)>) {
+fn publish_anomalies(writer: &Writer, epoch: Epoch, changes: Vec<(Row, isize)>) {
     if changes.is_empty() && epoch <= writer.anomalies_through.get() {
         return;
     }
     writer.anomalies_through.set(writer.anomalies_through.get().max(epoch));
+    let mut changes = changes.into_iter().map(|(row, diff)| Change::new(row, diff)).collect();
     consolidate(&mut changes);
     writer.send(Write::Anomalies(epoch, changes));
 }
@@ -895,6 +903,39 @@ fn build<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
     let rows = lower(node, sources, scope, built);
     built.push((node.clone(), rows.clone()));
     rows
+}
+
+/// Lowers a view's plan into the changes to its rows, each packed and hashed on its
+/// worker (see [`Out`]): a grouping's own rows, if the plan ends in one, or its last
+/// operator's.
+fn changes_of<'s>(root: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) -> StreamVec<'s, Epoch, Out> {
+    let mut built = Vec::new();
+    if let Node::Aggregate { input, keys, aggregates } = root
+        && !keys.is_empty()
+        && let Some(slots) = keyed_slots(keys, aggregates)
+    {
+        let rows = grouping_input(input, sources, scope, &mut built);
+        return crate::aggregate::group_shared(rows, Some(keys.len()), aggregates.iter().cloned().zip(slots).collect());
+    }
+    build(root, sources, scope, &mut built).inner.unary::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(Pipeline, "Pack", |_, _| {
+        |input, output| {
+            input.for_each(|cap, updates| {
+                let mut session = output.session(&cap);
+                for (row, t, diff) in updates.drain(..) {
+                    let hash = crate::value::hash_row(&row, 0) as u32;
+                    session.give(((SharedRow::new(row), hash), t, diff));
+                }
+            })
+        }
+    })
+}
+
+/// The rows `key ++ inputs` a grouping over `input` takes (see [`keyed`]).
+fn grouping_input<'s>(input: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: &mut Built<'s>) -> Rows<'s> {
+    match input {
+        Node::Map { .. } | Node::Filter { .. } => lower_chain(input, sources, scope, built),
+        _ => build(input, sources, scope, built),
+    }
 }
 
 /// Lowers one plan node (its inputs through [`build`]).
@@ -936,10 +977,7 @@ fn lower<'s>(node: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>, built: 
             };
             let global = keys.is_empty();
             let aggs: Vec<(Aggregate, crate::aggregate::Slot)> = aggregates.iter().cloned().zip(slots).collect();
-            let rows = match **input {
-                Node::Map { .. } | Node::Filter { .. } => lower_chain(input, sources, scope, built),
-                _ => build(input, sources, scope, built),
-            };
+            let rows = grouping_input(input, sources, scope, built);
             let grouped = crate::aggregate::group(rows, Some(keys.len()), aggs);
             if !global {
                 return grouped;
@@ -1193,8 +1231,10 @@ mod tests {
     #[test]
     fn consolidating_sums_equal_rows_and_drops_what_cancels() {
         let row = |v: i64| vec![Value::Int(v)];
-        let mut changes = vec![(row(1), 1), (row(2), 1), (row(1), 2), (row(3), -1), (row(2), -1), (row(1), -1), (row(4), 0), (row(3), 1), (row(5), 2)];
+        let changes = vec![(row(1), 1), (row(2), 1), (row(1), 2), (row(3), -1), (row(2), -1), (row(1), -1), (row(4), 0), (row(3), 1), (row(5), 2)];
+        let mut changes = changes.into_iter().map(|(row, diff)| Change::new(row, diff)).collect();
         consolidate(&mut changes);
+        let mut changes: Vec<(Row, isize)> = changes.into_iter().map(|c| (c.row.to_row(), c.diff)).collect();
         changes.sort();
         assert_eq!(changes, vec![(row(1), 2), (row(5), 2)]);
     }

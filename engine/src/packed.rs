@@ -1,9 +1,11 @@
 //! A row packed into one allocation of 8-byte words, for the rows kept for as long as
-//! they are live: the view store's, and each group's (its key, and the aggregates a
-//! large group keeps), which [`GroupRow`] extends with the group's inputs.
+//! they are live: a view's rows, each shared ([`SharedRow`]) by the group that computed
+//! it, the view store's table and the changes kept as its history; and [`GroupRow`], a
+//! group's inputs.
 //!
 //! ```text
-//!   word 0..h: the row's length (32 bits), then a 4-bit tag per value
+//!   word 0..h: the row's length (16 bits), its holders (16 bits: see [`SharedRow`]),
+//!              then a 4-bit tag per value
 //!   word h..h+n: one word per value: the integer, the float's bits, the boolean, or the
 //!                string's / map's / list's shared pointer (holding one reference)
 //! ```
@@ -18,20 +20,22 @@
 //!
 //! This module and `src/allocator.rs` are the only ones that allow `unsafe` (the
 //! workspace denies it): a packed value is a raw pointer only between packing
-//! (`into_word`, which takes its reference with `into_raw`) and `Drop`, `set_from` or
-//! `GroupRow::into_key` (which give it back with `from_raw`); every other read borrows it as a
-//! `Value` that is never dropped. A [`GroupRow`]'s entries are `Value`s in its
-//! allocation, written and read there as such (moved in, moved out, dropped in place).
-//! The tests below check the values and the reference counts; `valgrind` runs them
-//! (and the grouping's) clean.
+//! (`into_word`, which takes its reference with `into_raw`) and `Drop` or `set_from`
+//! (which give it back with `from_raw`); every other read borrows it as a `Value` that is
+//! never dropped. The first header word is read and written atomically (a shared row's
+//! holders change in it while other threads read the row). A [`GroupRow`]'s entries are
+//! `Value`s in its allocation, written and read there as such (moved in, moved out,
+//! dropped in place). The tests below check the values and the reference counts;
+//! `valgrind` runs them (and the grouping's) clean.
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, realloc, Layout};
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::value::{LabelMap, Row, Text, Value};
+use crate::value::{LabelMap, Row, RowHasher, Text, Value};
 
 /// A packed row (see the module's documentation).
 pub struct PackedRow(NonNull<u64>);
@@ -40,8 +44,19 @@ pub struct PackedRow(NonNull<u64>);
 unsafe impl Send for PackedRow {}
 unsafe impl Sync for PackedRow {}
 
-/// The nibbles of the header's first word that hold the row's length.
+/// The nibbles of the header's first word before the first value's tag: the row's length
+/// (16 bits) and its holders (16 bits: see [`SharedRow`]).
 const LENGTH_NIBBLES: usize = 8;
+
+/// The first header word's bits of the row's holders (see [`SharedRow`]): 1 for a row
+/// that is not shared, as every row is built.
+const HOLDERS_SHIFT: u32 = 16;
+const ONE_HOLDER: u64 = 1 << HOLDERS_SHIFT;
+
+#[inline]
+fn holders(first: u64) -> u64 {
+    (first >> HOLDERS_SHIFT) & 0xffff
+}
 
 const NULL: u64 = 0;
 const BOOL: u64 = 1;
@@ -154,9 +169,15 @@ impl PackedRow {
     #[inline]
     fn build_in(values: impl ExactSizeIterator<Item = (u64, u64)>, n: usize, extra: usize) -> PackedRow {
         let given = values.len();
+        PackedRow::build_given(values, given, n, extra)
+    }
+
+    /// [`PackedRow::build_in`] of the first `given` tags and words `values` gives.
+    #[inline]
+    fn build_given(values: impl Iterator<Item = (u64, u64)>, given: usize, n: usize, extra: usize) -> PackedRow {
         assert!(given <= n, "{given} values for a packed row of {n}");
-        // (a row of 2^32 values would be 64 GiB of `Value`s before it was packed)
-        let length = u32::try_from(n).expect("a row of fewer than 2^32 values");
+        // (a view's rows, a group's key: tens of values at most)
+        let length = u16::try_from(n).expect("a packed row of fewer than 2^16 values");
         let h = header_words(n);
         let layout = Layout::array::<u64>(h + n + extra).expect("a packed row's size fits in memory");
         // SAFETY: the layout has a nonzero size (one header word at least)
@@ -170,7 +191,7 @@ impl PackedRow {
             for j in 1..h {
                 w.add(j).write(0);
             }
-            let mut first = u64::from(length);
+            let mut first = u64::from(length) | ONE_HOLDER;
             let mut written = 0;
             for (i, (tag, word)) in values.enumerate().take(given) {
                 written = i + 1;
@@ -193,14 +214,54 @@ impl PackedRow {
 
     #[inline]
     fn word(&self, j: usize) -> u64 {
+        if j == 0 {
+            return self.first();
+        }
         // SAFETY: callers read only the header's words and the values' (below `len`)
         unsafe { self.0.as_ptr().add(j).read() }
+    }
+
+    /// The first header word, read as an atomic: a [`SharedRow`]'s holders change in it
+    /// while other threads read it. (A relaxed load is a plain load on x86-64.)
+    #[inline]
+    fn first(&self) -> u64 {
+        // SAFETY: the first word of a live allocation of 8-byte-aligned words, written
+        // by other threads only atomically (a shared row's holders)
+        unsafe { AtomicU64::from_ptr(self.0.as_ptr()).load(Ordering::Relaxed) }
     }
 
     /// How many values the row holds.
     #[inline]
     pub fn len(&self) -> usize {
-        (self.word(0) & 0xffff_ffff) as usize
+        (self.first() & 0xffff) as usize
+    }
+
+    /// The value at `i`, borrowed: a `Value` that must not outlive the row.
+    #[inline]
+    pub fn value(&self, i: usize) -> ManuallyDrop<Value> {
+        self.get(i)
+    }
+
+    /// The row's hash, as [`crate::value::hash_row`] (seed 0) has its values'.
+    pub fn hash(&self) -> u64 {
+        self.hash_prefix(self.len())
+    }
+
+    /// The hash of its first `k` values, as [`crate::value::hash_row`] (seed 0) has them.
+    pub fn hash_prefix(&self, k: usize) -> u64 {
+        let mut h = RowHasher::new(0);
+        for i in 0..k {
+            h.add(&self.get(i));
+        }
+        h.finish()
+    }
+
+    /// The hash `h` (of values before these) goes on to with its values from `from` on.
+    pub fn hash_on(&self, mut h: RowHasher, from: usize) -> u64 {
+        for i in from..self.len() {
+            h.add(&self.get(i));
+        }
+        h.finish()
     }
 
     /// Whether the row has no values.
@@ -267,13 +328,6 @@ impl PackedRow {
         }
     }
 
-    /// The values, each taking the row's reference: the row must then be given up
-    /// without dropping its values.
-    fn move_out(&self) -> Row {
-        let h = header_words(self.len());
-        (0..self.len()).map(|i| ManuallyDrop::into_inner(borrow(self.tag(i), self.word(h + i)))).collect()
-    }
-
     /// Gives back the references its shared values hold: the row must then be given up
     /// without dropping its values.
     fn give_back_all(&self) {
@@ -286,12 +340,6 @@ impl PackedRow {
                 }
             }
         }
-    }
-
-    /// How many words the row takes.
-    #[inline]
-    fn words(&self) -> usize {
-        header_words(self.len()) + self.len()
     }
 
     /// Whether the row equals `values`.
@@ -340,8 +388,12 @@ impl Clone for PackedRow {
         // SAFETY: a nonzero size, as in `new`
         let words = unsafe { alloc(layout) } as *mut u64;
         let Some(words) = NonNull::new(words) else { handle_alloc_error(layout) };
-        // SAFETY: both allocations are `header_words(n) + n` words and do not overlap
-        unsafe { std::ptr::copy_nonoverlapping(self.0.as_ptr(), words.as_ptr(), header_words(n) + n) };
+        // SAFETY: both allocations are `header_words(n) + n` words and do not overlap; the
+        // first word is read atomically (see `first`), and the copy has one holder
+        unsafe {
+            words.as_ptr().write((self.first() & !(0xffff << HOLDERS_SHIFT)) | ONE_HOLDER);
+            std::ptr::copy_nonoverlapping(self.0.as_ptr().add(1), words.as_ptr().add(1), header_words(n) + n - 1);
+        }
         // the copy's pointers each take a reference of their own
         if self.has_shared() {
             for i in 0..n {
@@ -368,15 +420,132 @@ impl std::fmt::Debug for PackedRow {
     }
 }
 
-/// A group's state in one allocation (see `aggregate::Groups`): a packed row (the
-/// group's key, and the aggregates a large group keeps), then its entries: their counts,
-/// a word each, and their input values, `width` [`Value`]s each, unpacked so that the
-/// aggregates read them as slices.
+/// A packed row with several holders, one allocation among them: the view store's table,
+/// the changes that keep it as history (and hand it to subscribers), and a worker's
+/// output on its way there. Cloning one counts a holder more, in the 16 bits of the
+/// header's first word beside the length, rather than copying the row; the last holder
+/// to let go frees it. (The store copied each row it took in, and the changes that
+/// carried it were rows of `Value`s, 24 bytes each and a vector, held as history apart
+/// from the store's copy: docs/benchmarks.md.) It is never changed while shared: it
+/// gives its row only to read.
+#[repr(transparent)]
+pub struct SharedRow(ManuallyDrop<PackedRow>);
+
+impl SharedRow {
+    /// Packs a row, its values moved in.
+    pub fn new(row: Row) -> SharedRow {
+        let n = row.len();
+        SharedRow(ManuallyDrop::new(PackedRow::build(row.into_iter().map(into_word), n)))
+    }
+
+    /// A row of `n` values: `values` (moved in; no more than `n`), then NULLs.
+    pub fn build(values: impl ExactSizeIterator<Item = Value>, n: usize) -> SharedRow {
+        SharedRow(ManuallyDrop::new(PackedRow::build(values.map(into_word), n)))
+    }
+
+    /// A row of `prefix`'s first `k` values (copied) and then `rest`'s (moved out,
+    /// leaving NULLs).
+    pub fn with_prefix(prefix: &PackedRow, k: usize, rest: &mut [Value]) -> SharedRow {
+        let n = k + rest.len();
+        let copied = (0..k).map(|i| copy_word(&prefix.get(i)));
+        let moved = rest.iter_mut().map(|v| into_word(std::mem::replace(v, Value::Null)));
+        SharedRow(ManuallyDrop::new(PackedRow::build_given(copied.chain(moved), n, n, 0)))
+    }
+
+    /// The row, to change, if this is its only holder (as `Arc::get_mut`).
+    #[inline]
+    pub fn get_mut(&mut self) -> Option<&mut PackedRow> {
+        // (acquire: the other holders' reads happen before the change)
+        (holders(self.first_word().load(Ordering::Acquire)) == 1).then_some(&mut self.0)
+    }
+
+    /// Whether both are the same allocation.
+    #[inline]
+    pub fn ptr_eq(&self, other: &SharedRow) -> bool {
+        self.0 .0 == other.0 .0
+    }
+
+    #[inline]
+    fn first_word(&self) -> &AtomicU64 {
+        // SAFETY: as in `PackedRow::first`; the row outlives the borrow
+        unsafe { AtomicU64::from_ptr(self.0 .0.as_ptr()) }
+    }
+}
+
+impl std::ops::Deref for SharedRow {
+    type Target = PackedRow;
+    #[inline]
+    fn deref(&self) -> &PackedRow {
+        &self.0
+    }
+}
+
+/// A row's holders at most: a clone of a row with this many is a copy of its own
+/// (no row is held that often: a table, its history and a reader or two hold each).
+const MOST_HOLDERS: u64 = 0x7fff;
+
+impl Clone for SharedRow {
+    #[inline]
+    fn clone(&self) -> SharedRow {
+        // (relaxed, as `Arc`'s: the clone is made of a holder the caller already has)
+        let first = self.first_word().fetch_add(ONE_HOLDER, Ordering::Relaxed);
+        if holders(first) >= MOST_HOLDERS {
+            self.first_word().fetch_sub(ONE_HOLDER, Ordering::Relaxed);
+            return SharedRow(ManuallyDrop::new((*self.0).clone()));
+        }
+        SharedRow(ManuallyDrop::new(PackedRow(self.0 .0)))
+    }
+}
+
+impl Drop for SharedRow {
+    #[inline]
+    fn drop(&mut self) {
+        // (as `Arc`'s: every holder's reads happen before the last one frees the row)
+        if holders(self.first_word().fetch_sub(ONE_HOLDER, Ordering::Release)) != 1 {
+            return;
+        }
+        fence(Ordering::Acquire);
+        // SAFETY: the last holder; the row is not used again
+        unsafe { ManuallyDrop::drop(&mut self.0) }
+    }
+}
+
+impl PartialEq for SharedRow {
+    #[inline]
+    fn eq(&self, other: &SharedRow) -> bool {
+        self.ptr_eq(other) || *self.0 == *other.0
+    }
+}
+
+impl std::fmt::Debug for SharedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// (Across processes as a row: `Row`'s encoding.)
+impl serde::Serialize for SharedRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_row().serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SharedRow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SharedRow, D::Error> {
+        Row::deserialize(deserializer).map(SharedRow::new)
+    }
+}
+
+/// A group's inputs in one allocation (see `aggregate::Groups`, which keeps the group's
+/// key in its row, a [`SharedRow`]): a word of how many entries and how many values
+/// each, then the entries' counts, a word each, and their input values, `width`
+/// [`Value`]s each, unpacked so that the aggregates read them as slices. The handle is
+/// the allocation's pointer alone.
 ///
 /// ```text
-///   words 0..p          a packed row: header and values
-///   words p..p+e        the entries' counts
-///   words p+e..         the entries' values: e × width `Value`s of two words each
+///   word 0              entries (32 bits) and width (32 bits)
+///   words 1..1+e        the entries' counts
+///   words 1+e..         the entries' values: e × width `Value`s of two words each
 /// ```
 ///
 /// (A group was its packed key and two small vectors, of its values and of its counts,
@@ -385,16 +554,17 @@ impl std::fmt::Debug for PackedRow {
 /// docs/benchmarks.md.) The allocation grows and shrinks by an entry at a time: most
 /// groups hold one or two. A group given [`SPILL_ENTRIES`] entries or more at once
 /// ([`GroupRow::set_entries`], which merging a large group's changes calls) keeps them
-/// apart instead, in two vectors (`Spilled`) after its packed row: they
+/// apart instead, in two vectors (`Spilled`) after the first word: they
 /// move in and out whole, where copying a large group's entries into its allocation and
 /// out again for each merge took engine-hop 3% and nexmark-q7 6% more instructions.
+/// A group without entries has no allocation (its pointer dangles).
 pub struct GroupRow {
-    /// The allocation, read as the packed row it starts with; never dropped as one.
-    row: ManuallyDrop<PackedRow>,
-    /// How many entries follow the packed row, or [`SPILLED`].
-    entries: u32,
-    width: u32,
+    words: NonNull<u64>,
 }
+
+// (it owns its values, which are `Send` and `Sync`, as a `PackedRow` does)
+unsafe impl Send for GroupRow {}
+unsafe impl Sync for GroupRow {}
 
 /// The entries of a large group, apart from its allocation (see [`GroupRow`]).
 struct Spilled {
@@ -402,11 +572,11 @@ struct Spilled {
     values: Vec<Value>,
 }
 
-/// [`GroupRow::entries`] of a group whose entries are [`Spilled`]: the words after its
-/// packed row hold its two vectors.
+/// The entries of a group whose entries are [`Spilled`]: its first word is followed by
+/// its two vectors.
 const SPILLED: u32 = u32::MAX;
 
-/// The words of a [`Spilled`], after a spilled group's packed row.
+/// The words of a [`Spilled`].
 const SPILLED_WORDS: usize = size_of::<Spilled>() / 8;
 const _: () = assert!(size_of::<Spilled>().is_multiple_of(8) && align_of::<Spilled>() <= 8);
 
@@ -417,144 +587,165 @@ pub const SPILL_ENTRIES: usize = 8;
 const VALUE_WORDS: usize = 2;
 const _: () = assert!(size_of::<Value>() == 8 * VALUE_WORDS && align_of::<Value>() <= 8 && size_of::<isize>() == 8);
 
-/// Reallocates `words` from `from` words to `to`: what it holds below both stays.
+/// Reallocates `words` from `from` words to `to`: what it holds below both stays. No
+/// words are no allocation (a dangling pointer).
 fn reallocate(words: NonNull<u64>, from: usize, to: usize) -> NonNull<u64> {
     let old = Layout::array::<u64>(from).expect("a group's size fits in memory");
     let new = Layout::array::<u64>(to).expect("a group's size fits in memory");
-    // SAFETY: callers pass the allocation's size as `from` (allocated as a packed row and
-    // then reallocated only here), and `to` is never zero: the packed row's header stays
-    let moved = unsafe { realloc(words.as_ptr() as *mut u8, old, new.size()) } as *mut u64;
+    // SAFETY: callers pass the allocation's size as `from` (allocated only here), and a
+    // pointer of no words is dangling, never allocated nor freed
+    let moved = unsafe {
+        match (from, to) {
+            (0, 0) => return words,
+            (0, _) => alloc(new),
+            (_, 0) => {
+                dealloc(words.as_ptr() as *mut u8, old);
+                return NonNull::dangling();
+            }
+            _ => realloc(words.as_ptr() as *mut u8, old, new.size()),
+        }
+    } as *mut u64;
     NonNull::new(moved).unwrap_or_else(|| handle_alloc_error(new))
 }
 
+/// A group's first word: its entries (or [`SPILLED`]) and their width.
+#[inline]
+fn head(entries: u32, width: usize) -> u64 {
+    u64::from(entries) | (u64::try_from(width).ok().filter(|w| *w < 1 << 32).expect("fewer than 2^32 inputs") << 32)
+}
+
 impl GroupRow {
-    /// A group of a packed row of `n` values (the first `k` of `row`, moved in, then
-    /// NULLs) and entries of `width` values: one for each count, their values the row's
-    /// next ones, moved in (`width` for each count; any after them are dropped).
-    pub fn new(mut row: Row, k: usize, n: usize, width: usize, counts: &[isize]) -> GroupRow {
+    /// A group of entries of `width` values: one for each count, their values the row's
+    /// first ones, moved in (`width` for each count; any after them are dropped).
+    pub fn new(mut row: Row, width: usize, counts: &[isize]) -> GroupRow {
+        let mut group = GroupRow { words: NonNull::dangling() };
+        if counts.is_empty() {
+            return group;
+        }
         let m = counts.len() * width;
-        assert!(k + m <= row.len(), "{k} key values and {width} for each of {} entries in a row of {}", counts.len(), row.len());
-        let width = u32::try_from(width).expect("fewer than 2^32 inputs");
+        assert!(m <= row.len(), "{width} values for each of {} entries in a row of {}", counts.len(), row.len());
         let entries = u32::try_from(counts.len()).ok().filter(|e| *e != SPILLED).expect("fewer than 2^32 - 1 entries");
-        let key = PackedRow::build_in(row[..k].iter_mut().map(|v| into_word(std::mem::replace(v, Value::Null))), n, counts.len() + VALUE_WORDS * m);
-        let values = &mut row[k..k + m];
-        let mut group = GroupRow { row: ManuallyDrop::new(key), entries: 0, width };
-        let p = group.row.words();
-        // SAFETY: the allocation has room for the counts and values after the packed row;
-        // nothing between its allocation and `entries` being set can panic
+        let head = head(entries, width);
+        group.words = reallocate(group.words, 0, 1 + counts.len() + VALUE_WORDS * m);
+        // SAFETY: the allocation has room for the first word, the counts and the values
         unsafe {
-            let base = group.row.0.as_ptr();
-            std::ptr::copy_nonoverlapping(counts.as_ptr() as *const u64, base.add(p), counts.len());
-            let to = base.add(p + counts.len()) as *mut Value;
-            for (j, v) in values.iter_mut().enumerate() {
+            let base = group.words.as_ptr();
+            base.write(head);
+            std::ptr::copy_nonoverlapping(counts.as_ptr() as *const u64, base.add(1), counts.len());
+            let to = base.add(1 + counts.len()) as *mut Value;
+            for (j, v) in row[..m].iter_mut().enumerate() {
                 to.add(j).write(std::mem::replace(v, Value::Null));
             }
         }
-        group.entries = entries;
         group
     }
 
-    /// The packed row it starts with.
+    /// Its entries (or [`SPILLED`]) and their width: none without an allocation.
     #[inline]
-    pub fn key(&self) -> &PackedRow {
-        &self.row
-    }
-
-    /// [`PackedRow::set_from`] on its packed row.
-    pub fn set_key_from(&mut self, from: usize, values: &[Value]) {
-        self.row.set_from(from, values)
+    fn head(&self) -> (u32, usize) {
+        if self.words == NonNull::dangling() {
+            return (0, 0);
+        }
+        // SAFETY: an allocation's first word is its head
+        let head = unsafe { self.words.as_ptr().read() };
+        (head as u32, (head >> 32) as usize)
     }
 
     /// How many words the allocation takes.
     #[inline]
     fn words(&self) -> usize {
-        match self.entries {
-            SPILLED => self.row.words() + SPILLED_WORDS,
-            e => self.row.words() + e as usize * (1 + VALUE_WORDS * self.width as usize),
+        match self.head() {
+            (0, _) => 0,
+            (SPILLED, _) => 1 + SPILLED_WORDS,
+            (e, w) => 1 + e as usize * (1 + VALUE_WORDS * w),
         }
     }
 
     /// Its entries kept apart, if they are.
     #[inline]
     fn spilled(&self) -> Option<&Spilled> {
-        // SAFETY: the words after the packed row of a spilled group hold its `Spilled`
-        (self.entries == SPILLED).then(|| unsafe { &*(self.row.0.as_ptr().add(self.row.words()) as *const Spilled) })
+        // SAFETY: the first word of a spilled group is followed by its `Spilled`
+        (self.head().0 == SPILLED).then(|| unsafe { &*(self.words.as_ptr().add(1) as *const Spilled) })
     }
 
     /// The same, to change.
     #[inline]
     fn spilled_mut(&mut self) -> Option<&mut Spilled> {
         // SAFETY: as in `spilled`, borrowed mutably with the group
-        (self.entries == SPILLED).then(|| unsafe { &mut *(self.row.0.as_ptr().add(self.row.words()) as *mut Spilled) })
+        (self.head().0 == SPILLED).then(|| unsafe { &mut *(self.words.as_ptr().add(1) as *mut Spilled) })
     }
 
     /// The entries' counts.
     #[inline]
     pub fn counts(&self) -> &[isize] {
-        if let Some(spilled) = self.spilled() {
-            return &spilled.counts;
+        match self.head() {
+            (0, _) => &[],
+            (SPILLED, _) => &self.spilled().expect("spilled").counts,
+            // SAFETY: `e` counts follow the first word, initialized
+            (e, _) => unsafe { std::slice::from_raw_parts(self.words.as_ptr().add(1) as *const isize, e as usize) },
         }
-        // SAFETY: `entries` counts follow the packed row, initialized
-        unsafe { std::slice::from_raw_parts(self.row.0.as_ptr().add(self.row.words()) as *const isize, self.entries as usize) }
     }
 
     /// The entries' counts, to change in place.
     #[inline]
     pub fn counts_mut(&mut self) -> &mut [isize] {
-        if self.entries == SPILLED {
-            return &mut self.spilled_mut().expect("spilled").counts;
+        match self.head() {
+            (0, _) => &mut [],
+            (SPILLED, _) => &mut self.spilled_mut().expect("spilled").counts,
+            // SAFETY: as in `counts`, borrowed mutably with the group
+            (e, _) => unsafe { std::slice::from_raw_parts_mut(self.words.as_ptr().add(1) as *mut isize, e as usize) },
         }
-        // SAFETY: as in `counts`, borrowed mutably with the group
-        unsafe { std::slice::from_raw_parts_mut(self.row.0.as_ptr().add(self.row.words()) as *mut isize, self.entries as usize) }
     }
 
     /// The entries' values, `width` for each entry, in the entries' order.
     #[inline]
     pub fn values(&self) -> &[Value] {
-        if let Some(spilled) = self.spilled() {
-            return &spilled.values;
+        match self.head() {
+            (0, _) => &[],
+            (SPILLED, _) => &self.spilled().expect("spilled").values,
+            // SAFETY: `e × w` values follow the counts, initialized
+            (e, w) => unsafe { std::slice::from_raw_parts(self.words.as_ptr().add(1 + e as usize) as *const Value, e as usize * w) },
         }
-        let (p, e) = (self.row.words(), self.entries as usize);
-        // SAFETY: `entries × width` values follow the counts, initialized
-        unsafe { std::slice::from_raw_parts(self.row.0.as_ptr().add(p + e) as *const Value, e * self.width as usize) }
     }
 
     /// Inserts an entry before entry `at`: its count, and its values moved out of
-    /// `values` (`width` of them; NULLs are left there).
+    /// `values` (as many as the group's entries have; NULLs are left there).
     pub fn insert_entry(&mut self, at: usize, count: isize, values: &mut [Value]) {
-        let w = self.width as usize;
+        let (entries, width) = self.head();
         let e = self.counts().len();
-        assert!(at <= e && values.len() == w, "entry {at} of {e}, of {} values for {w}", values.len());
+        assert!(at <= e && (e == 0 || values.len() == width), "entry {at} of {e}, of {} values for {width}", values.len());
         if let Some(spilled) = self.spilled_mut() {
             spilled.counts.insert(at, count);
-            spilled.values.splice(at * w..at * w, values.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
+            spilled.values.splice(at * width..at * width, values.iter_mut().map(|v| std::mem::replace(v, Value::Null)));
             return;
         }
-        let entries = self.entries.checked_add(1).filter(|e| *e != SPILLED).expect("fewer than 2^32 - 1 entries");
-        let (p, vw, words) = (self.row.words(), VALUE_WORDS * w, self.words());
-        self.row.0 = reallocate(self.row.0, words, words + 1 + vw);
+        let entries = entries.checked_add(1).filter(|e| *e != SPILLED).expect("fewer than 2^32 - 1 entries");
+        let w = values.len();
+        let (vw, words) = (VALUE_WORDS * w, self.words());
+        let head = head(entries, w);
+        self.words = reallocate(self.words, words, 1 + (e + 1) * (1 + vw));
         // SAFETY: the allocation has room for one more entry; the entries' values after
         // `at` move past the new entry's, those before it by a word (the new count's),
         // then the counts after `at` by a word: each copy within the allocation (`copy`
-        // allows overlap), none onto a word still to be moved. Nothing between the
-        // reallocation and `entries` being set can panic.
+        // allows overlap), none onto a word still to be moved. The first word is
+        // written last (a new allocation's, too).
         unsafe {
-            let base = self.row.0.as_ptr();
-            std::ptr::copy(base.add(p + e + vw * at), base.add(p + e + 1 + vw * (at + 1)), vw * (e - at));
-            std::ptr::copy(base.add(p + e), base.add(p + e + 1), vw * at);
-            std::ptr::copy(base.add(p + at), base.add(p + at + 1), e - at);
-            base.add(p + at).write(count as u64);
-            let to = base.add(p + e + 1 + vw * at) as *mut Value;
+            let base = self.words.as_ptr().add(1);
+            std::ptr::copy(base.add(e + vw * at), base.add(e + 1 + vw * (at + 1)), vw * (e - at));
+            std::ptr::copy(base.add(e), base.add(e + 1), vw * at);
+            std::ptr::copy(base.add(at), base.add(at + 1), e - at);
+            base.add(at).write(count as u64);
+            let to = base.add(e + 1 + vw * at) as *mut Value;
             for (j, v) in values.iter_mut().enumerate() {
                 to.add(j).write(std::mem::replace(v, Value::Null));
             }
+            self.words.as_ptr().write(head);
         }
-        self.entries = entries;
     }
 
     /// Removes entry `at` (its values are dropped).
     pub fn remove_entry(&mut self, at: usize) {
-        let w = self.width as usize;
+        let (_, w) = self.head();
         let e = self.counts().len();
         assert!(at < e, "entry {at} of {e}");
         if let Some(spilled) = self.spilled_mut() {
@@ -562,22 +753,22 @@ impl GroupRow {
             spilled.values.drain(at * w..(at + 1) * w);
             return;
         }
-        let (p, vw, words) = (self.row.words(), VALUE_WORDS * w, self.words());
+        let (vw, words) = (VALUE_WORDS * w, self.words());
         // SAFETY: the entry's values are read out (and dropped after the move); the counts
         // after `at` move down a word, the values before the entry's down a word (the
         // count's), those after it down a word and the entry's values: each copy within
-        // the allocation, none onto a word still to be moved
+        // the allocation, none onto a word still to be moved; then the first word
         let gone: Vec<Value> = unsafe {
-            let base = self.row.0.as_ptr();
-            let from = base.add(p + e + vw * at) as *const Value;
+            let base = self.words.as_ptr().add(1);
+            let from = base.add(e + vw * at) as *const Value;
             let gone = (0..w).map(|j| from.add(j).read()).collect();
-            std::ptr::copy(base.add(p + at + 1), base.add(p + at), e - at - 1);
-            std::ptr::copy(base.add(p + e), base.add(p + e - 1), vw * at);
-            std::ptr::copy(base.add(p + e + vw * (at + 1)), base.add(p + e - 1 + vw * at), vw * (e - at - 1));
+            std::ptr::copy(base.add(at + 1), base.add(at), e - at - 1);
+            std::ptr::copy(base.add(e), base.add(e - 1), vw * at);
+            std::ptr::copy(base.add(e + vw * (at + 1)), base.add(e - 1 + vw * at), vw * (e - at - 1));
+            self.words.as_ptr().write(head(e as u32 - 1, w));
             gone
         };
-        self.entries -= 1;
-        self.row.0 = reallocate(self.row.0, words, words - 1 - vw);
+        self.words = reallocate(self.words, words, if e == 1 { 0 } else { words - 1 - vw });
         drop(gone);
     }
 
@@ -587,27 +778,25 @@ impl GroupRow {
         if let Some(spilled) = self.spilled_mut() {
             return (std::mem::take(&mut spilled.counts), std::mem::take(&mut spilled.values));
         }
-        let (p, words) = (self.row.words(), self.words());
+        let words = self.words();
         let counts = self.counts().to_vec();
         let n = self.values().len();
         let mut values = Vec::with_capacity(n);
-        // SAFETY: the values move to the vector (which has room for them), the group
-        // then keeps no entries, and its allocation shrinks to the packed row
+        // SAFETY: the values move to the vector (which has room for them), and the
+        // allocation goes with the counts: the group keeps no entries
         unsafe {
             std::ptr::copy_nonoverlapping(self.values().as_ptr(), values.as_mut_ptr(), n);
             values.set_len(n);
         }
-        self.entries = 0;
-        self.row.0 = reallocate(self.row.0, words, p);
+        self.words = reallocate(self.words, words, 0);
         (counts, values)
     }
 
     /// Replaces its entries (dropping the ones it had) with one for each count, the
     /// values moved in (`width` for each count): into its allocation, or, for
     /// [`SPILL_ENTRIES`] or more, the vectors themselves, kept apart.
-    pub fn set_entries(&mut self, counts: Vec<isize>, mut values: Vec<Value>) {
-        let w = self.width as usize;
-        assert_eq!(values.len(), counts.len() * w, "{w} values for each of {} entries", counts.len());
+    pub fn set_entries(&mut self, counts: Vec<isize>, mut values: Vec<Value>, width: usize) {
+        assert_eq!(values.len(), counts.len() * width, "{width} values for each of {} entries", counts.len());
         if counts.len() >= SPILL_ENTRIES
             && let Some(spilled) = self.spilled_mut()
         {
@@ -615,95 +804,50 @@ impl GroupRow {
             return;
         }
         self.clear_entries();
-        let p = self.row.words();
+        if counts.is_empty() {
+            return;
+        }
         if counts.len() >= SPILL_ENTRIES {
-            self.row.0 = reallocate(self.row.0, p, p + SPILLED_WORDS);
-            // SAFETY: the allocation has room for the vectors after the packed row
-            unsafe { (self.row.0.as_ptr().add(p) as *mut Spilled).write(Spilled { counts, values }) };
-            self.entries = SPILLED;
+            self.words = reallocate(self.words, 0, 1 + SPILLED_WORDS);
+            // SAFETY: the allocation has room for the first word and the vectors
+            unsafe {
+                self.words.as_ptr().write(head(SPILLED, width));
+                (self.words.as_ptr().add(1) as *mut Spilled).write(Spilled { counts, values });
+            }
             return;
         }
         let entries = u32::try_from(counts.len()).expect("fewer than 2^32 entries");
-        self.row.0 = reallocate(self.row.0, p, p + counts.len() + VALUE_WORDS * values.len());
-        // SAFETY: the allocation has room for the counts and values after the packed row;
+        self.words = reallocate(self.words, 0, 1 + counts.len() + VALUE_WORDS * values.len());
+        // SAFETY: the allocation has room for the first word, the counts and the values;
         // the values move (the vector forgets them)
         unsafe {
-            let base = self.row.0.as_ptr();
-            std::ptr::copy_nonoverlapping(counts.as_ptr() as *const u64, base.add(p), counts.len());
-            std::ptr::copy_nonoverlapping(values.as_ptr(), base.add(p + counts.len()) as *mut Value, values.len());
+            let base = self.words.as_ptr();
+            base.write(head(entries, width));
+            std::ptr::copy_nonoverlapping(counts.as_ptr() as *const u64, base.add(1), counts.len());
+            std::ptr::copy_nonoverlapping(values.as_ptr(), base.add(1 + counts.len()) as *mut Value, values.len());
             values.set_len(0);
         }
-        self.entries = entries;
     }
 
-    /// Drops its entries (a spilled group's vectors too): its allocation is then its packed row.
+    /// Drops its entries (a spilled group's vectors too) and its allocation.
     fn clear_entries(&mut self) {
-        let (p, words) = (self.row.words(), self.words());
-        if words == p {
-            return;
-        }
-        self.drop_entries();
-        self.row.0 = reallocate(self.row.0, words, p);
-    }
-
-    /// Drops its entries in place (a spilled group's vectors too), leaving none; the
-    /// allocation keeps its size, which the caller frees or shrinks (`words` before).
-    fn drop_entries(&mut self) {
-        let p = self.row.words();
+        let words = self.words();
         // SAFETY: a spilled group's vectors are read out once, an unspilled one's values
-        // dropped once: `entries` is set first, so that nothing reads them again
+        // dropped once; then the allocation, of `words`, goes
         unsafe {
-            if self.entries == SPILLED {
-                self.entries = 0;
-                drop((self.row.0.as_ptr().add(p) as *const Spilled).read());
-            } else {
-                let values = self.values() as *const [Value] as *mut [Value];
-                self.entries = 0;
-                std::ptr::drop_in_place(values);
+            match self.head() {
+                (0, _) => return,
+                (SPILLED, _) => drop((self.words.as_ptr().add(1) as *const Spilled).read()),
+                _ => std::ptr::drop_in_place(self.values() as *const [Value] as *mut [Value]),
             }
         }
-    }
-
-    /// Replaces its packed row with one of `n` values (`key`, moved in, then NULLs);
-    /// the entries stay.
-    pub fn set_key(&mut self, key: Row, n: usize) {
-        let (old_p, words) = (self.row.words(), self.words());
-        let tail = words - old_p;
-        let new = ManuallyDrop::new(PackedRow::build_in(key.into_iter().map(into_word), n, tail));
-        let (new_p, moved) = (new.words(), new.0);
-        // SAFETY: the entries' words (or the spilled entries' vectors) move to the new
-        // allocation, after its packed row; the old packed row's values are given back
-        // and its allocation, of `words`, freed without its entries (which moved)
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.row.0.as_ptr().add(old_p), moved.as_ptr().add(new_p), tail);
-            self.row.give_back_all();
-            dealloc(self.row.0.as_ptr() as *mut u8, Layout::array::<u64>(words).expect("a group's size fits in memory"));
-        }
-        self.row.0 = moved;
-    }
-
-    /// The packed row's values, moved out; its entries are dropped.
-    pub fn into_key(mut self) -> Row {
-        self.clear_entries();
-        let this = ManuallyDrop::new(self);
-        let key = this.row.move_out();
-        // SAFETY: without entries the allocation is the packed row's; its values moved
-        // out, and the group is not dropped
-        unsafe { dealloc(this.row.0.as_ptr() as *mut u8, layout(this.row.len())) };
-        key
+        self.words = reallocate(self.words, words, 0);
     }
 }
 
 impl Drop for GroupRow {
     fn drop(&mut self) {
-        let words = self.words();
-        self.drop_entries();
-        // SAFETY: the entries are dropped; the packed row's references are given back,
-        // then the allocation, still of `words`, freed
-        unsafe {
-            self.row.give_back_all();
-            dealloc(self.row.0.as_ptr() as *mut u8, Layout::array::<u64>(words).expect("a group's size fits in memory"));
-        }
+        self.clear_entries();
     }
 }
 
@@ -775,9 +919,9 @@ mod tests {
             let row: Row = every_kind().into_iter().cycle().take(n).collect();
             let mut moved = row.clone();
             moved[n - 1] = Value::Str(s.clone());
-            // (a group without entries: its packed row, the values moved in)
-            let mut group = GroupRow::new(moved, n, n, 0, &[]);
-            let packed = group.key();
+            // (a shared row, the values moved in)
+            let mut shared = SharedRow::build(moved.into_iter(), n);
+            let packed: &PackedRow = &shared;
             assert!(packed.equals_at(0, &row[..n - 1]) && (n < 2 || packed.equals_at(1, &row[1..n - 1])));
             assert!(!packed.equals_at(1, &row) && !packed.equals_at(n, &[Value::Null]));
             let mut unpacked = vec![Value::Int(7)];
@@ -787,49 +931,42 @@ mod tests {
             assert_eq!(unpacked.pop(), Some(Value::Str(s.clone())));
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
             for (i, v) in every_kind().into_iter().cycle().take(n - 1).enumerate() {
-                group.set_key_from(i, &[Value::Str(s.clone())]);
+                shared.get_mut().expect("the only holder").set_from(i, &[Value::Str(s.clone())]);
                 assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
-                group.set_key_from(i, &[v]);
+                shared.get_mut().expect("the only holder").set_from(i, &[v]);
             }
-            assert!(group.key().equals_at(0, &row[..n - 1]));
+            assert!(shared.equals_at(0, &row[..n - 1]));
             let mut tail = Vec::new();
-            group.key().extend_into(n / 2..n - 1, &mut tail);
+            shared.extend_into(n / 2..n - 1, &mut tail);
             assert_eq!(tail, row[n / 2..n - 1]);
-            let back = group.into_key();
-            assert_eq!(back[..n - 1], row[..n - 1]);
             assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
-            drop(back);
+            drop(shared);
             assert_eq!(Text::strong_count(&s), strings);
         }
         // values moved in keep their references: one, given back on drop
-        let moved = GroupRow::new(vec![Value::Int(1), Value::Str(s.clone())], 2, 3, 0, &[]);
-        assert!(moved.key().equals(&[Value::Int(1), Value::Str(s.clone()), Value::Null]));
+        let moved = SharedRow::build(vec![Value::Int(1), Value::Str(s.clone())].into_iter(), 3);
+        assert!(moved.equals(&[Value::Int(1), Value::Str(s.clone()), Value::Null]));
         assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
         drop(moved);
         assert_eq!(Text::strong_count(&s), strings);
     }
 
     #[test]
-    fn a_group_row_keeps_its_entries_in_order_through_inserts_removals_and_a_new_key() {
+    fn a_group_row_keeps_its_entries_in_order_through_inserts_removals_and_spills() {
         let s = Text::from(String::from("counted ") + &"z".repeat(80));
         let strings = Text::strong_count(&s);
         for width in [0, 1, 3] {
-            for n in [0, 3, 9, 25] {
-                let key: Row = every_kind().into_iter().cycle().take(n).collect();
+            for round in 0..2 {
                 // each entry's values: an integer, then the counted string
                 let entry = |i: i64| -> Row { (0..width).map(|j| if j == 0 { Value::Int(i) } else { Value::Str(s.clone()) }).collect() };
                 let mut model: Vec<(isize, Row)> = vec![(5, entry(5))];
-                let mut group = GroupRow::new([key.clone(), entry(5), vec![Value::Str(s.clone())]].concat(), n, n + 1, width, &[5]);
+                // (a value after the entry's is dropped)
+                let mut group = GroupRow::new([entry(5), vec![Value::Str(s.clone())]].concat(), width, &[5]);
                 let check = |group: &GroupRow, model: &[(isize, Row)]| {
                     assert_eq!(group.counts(), model.iter().map(|(c, _)| *c).collect::<Vec<_>>());
                     assert_eq!(group.values(), model.iter().flat_map(|(_, r)| r.clone()).collect::<Vec<_>>());
-                    assert!(group.key().equals_at(0, &key) && group.key().len() == n + 1);
                     let held: isize = model.iter().map(|(_, r)| r.iter().filter(|v| matches!(v, Value::Str(_))).count() as isize).sum();
                     assert_eq!(Text::strong_count(&s), strings.map(|c| c + held as usize * 2));
-                };
-                let check_entries = |group: &GroupRow, model: &[(isize, Row)]| {
-                    assert_eq!(group.counts(), model.iter().map(|(c, _)| *c).collect::<Vec<_>>());
-                    assert_eq!(group.values(), model.iter().flat_map(|(_, r)| r.clone()).collect::<Vec<_>>());
                 };
                 check(&group, &model);
                 for (at, i) in [(0, 1), (2, 9), (1, 3), (2, 4), (0, 0)] {
@@ -846,50 +983,90 @@ mod tests {
                     model.remove(at);
                     check(&group, &model);
                 }
-                group.set_key_from(n, &[Value::Int(42)]);
-                assert!(group.key().equals_at(n, &[Value::Int(42)]));
-                let mut longer = key.clone();
-                longer.push(Value::Str(s.clone()));
-                group.set_key(longer, n + 2);
-                assert!(group.key().equals_at(0, &key) && group.key().len() == n + 2 && group.key().equals_at(n, &[Value::Str(s.clone()), Value::Null]));
                 let (counts, values) = group.take_entries();
                 assert!(group.counts().is_empty() && group.values().is_empty());
                 assert_eq!(counts, model.iter().map(|(c, _)| *c).collect::<Vec<_>>());
-                group.set_entries(counts, values);
-                check_entries(&group, &model);
-                // as many entries as spill, kept apart: changed, rekeyed, taken back in
+                group.set_entries(counts, values, width);
+                check(&group, &model);
+                // as many entries as spill, kept apart: changed, then taken back in
                 let many: Vec<(isize, Row)> = (20..20 + SPILL_ENTRIES as i64).map(|i| (i as isize, entry(i))).collect();
-                group.set_entries(many.iter().map(|(c, _)| *c).collect(), many.iter().flat_map(|(_, r)| r.clone()).collect());
+                group.set_entries(many.iter().map(|(c, _)| *c).collect(), many.iter().flat_map(|(_, r)| r.clone()).collect(), width);
                 model = many;
-                check_entries(&group, &model);
+                check(&group, &model);
                 group.insert_entry(3, 99, &mut entry(99));
                 model.insert(3, (99, entry(99)));
                 group.remove_entry(0);
                 model.remove(0);
                 group.counts_mut()[2] = 7;
                 model[2].0 = 7;
-                check_entries(&group, &model);
-                let mut again = key.clone();
-                again.push(Value::Str(s.clone()));
-                group.set_key(again, n + 2);
-                check_entries(&group, &model);
-                if n == 3 {
-                    let (counts, values) = group.take_entries();
-                    group.set_entries(counts[..2].to_vec(), values[..2 * width].to_vec());
-                    model.truncate(2);
-                    check_entries(&group, &model);
+                check(&group, &model);
+                let (mut counts, mut values) = group.take_entries();
+                counts.truncate(2);
+                values.truncate(2 * width);
+                group.set_entries(counts, values, width);
+                model.truncate(2);
+                check(&group, &model);
+                if round == 0 {
+                    // to no entries and back
+                    while !model.is_empty() {
+                        group.remove_entry(0);
+                        model.remove(0);
+                        check(&group, &model);
+                    }
+                    group.insert_entry(0, 1, &mut entry(1));
+                    model.push((1, entry(1)));
+                    check(&group, &model);
                 }
-                if n % 2 == 0 {
-                    let back = group.into_key();
-                    assert_eq!(back.len(), n + 2);
-                    assert!(back[..n] == key[..]);
-                    drop(back);
-                } else {
-                    drop(group);
-                }
+                drop(group);
                 drop(model);
-                assert_eq!(Text::strong_count(&s), strings, "width {width}, {n} key values");
+                assert_eq!(Text::strong_count(&s), strings, "width {width}, round {round}");
             }
         }
+    }
+
+    #[test]
+    fn a_shared_row_is_one_allocation_among_its_holders_and_freed_by_the_last() {
+        let s = Text::from(String::from("counted ") + &"y".repeat(80));
+        let strings = Text::strong_count(&s);
+        let row = vec![Value::Int(3), Value::Str(s.clone()), Value::Float(0.5)];
+        let hash = crate::value::hash_row(&row, 0);
+        let mut shared = SharedRow::new(row.clone());
+        assert!(shared.equals(&row) && shared.len() == 3 && shared.hash() == hash);
+        drop(row);
+        assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
+        assert!(shared.get_mut().is_some());
+        // holders share it, across threads, up to the most it counts
+        let mut held: Vec<SharedRow> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| (0..8000).map(|_| shared.clone()).collect::<Vec<_>>())).collect();
+            handles.into_iter().flat_map(|h| h.join().expect("a holder thread")).collect()
+        });
+        held.extend((held.len() as u64 + 1..MOST_HOLDERS).map(|_| shared.clone()));
+        assert!(held.iter().all(|h| h.ptr_eq(&shared) && *h == shared));
+        assert_eq!(Text::strong_count(&s), strings.map(|c| c + 1));
+        // past them, a clone is a copy
+        let mut copied = shared.clone();
+        assert!(!copied.ptr_eq(&shared) && copied == shared && copied.get_mut().is_some());
+        assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
+        drop(copied);
+        let copy = SharedRow::with_prefix(&shared, 2, &mut [Value::Int(9)]);
+        assert!(copy.equals(&[Value::Int(3), Value::Str(s.clone()), Value::Int(9)]) && copy != shared);
+        assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
+        assert!(shared.get_mut().is_none());
+        std::thread::scope(|scope| {
+            for chunk in held.chunks(1000) {
+                let chunk = chunk.to_vec();
+                scope.spawn(move || drop(chunk));
+            }
+        });
+        drop(held);
+        assert!(shared.get_mut().is_some());
+        shared.get_mut().expect("the only holder").set_from(2, &[Value::Null]);
+        assert!(shared.equals(&[Value::Int(3), Value::Str(s.clone()), Value::Null]));
+        let other = shared.clone();
+        drop(shared);
+        assert_eq!(Text::strong_count(&s), strings.map(|c| c + 2));
+        drop(other);
+        drop(copy);
+        assert_eq!(Text::strong_count(&s), strings);
     }
 }

@@ -20,27 +20,29 @@ use tokio::sync::{broadcast, watch};
 
 use crate::schema::Columns;
 use crate::time::Epoch;
-use crate::packed::PackedRow;
+use crate::packed::{PackedRow, SharedRow};
 use crate::value::{hash_row, spread, Row};
 
 /// A view's rows with their counts, each kept with 32 bits of its hash: growing the
 /// table moves entries without hashing a row again. (A row is packed, behind a thin
 /// pointer: 64 bytes for a row of 7 values instead of 112; an entry is 16 bytes, its hash
 /// and count 32 bits each: with a 64-bit hash and count, 24 bytes, engine-window took 12
-/// more bytes per live row: docs/benchmarks.md.)
+/// more bytes per live row: docs/benchmarks.md.) The rows are the changes' own
+/// ([`SharedRow`]), with the hash the change came with: the table neither copies nor
+/// hashes a row.
 #[derive(Clone, Default)]
 struct Table {
     entries: hashbrown::HashTable<Entry>,
     /// The counts that do not fit an entry's 32 bits, whose entries hold [`WIDE`]: none
     /// unless a row has 2^31 copies.
-    wide: Vec<(PackedRow, isize)>,
+    wide: Vec<(SharedRow, isize)>,
 }
 
 #[derive(Clone)]
 struct Entry {
     hash: u32,
     count: i32,
-    row: PackedRow,
+    row: SharedRow,
 }
 
 /// The count of an entry whose count is in [`Table::wide`].
@@ -52,10 +54,10 @@ impl Table {
     }
 
     /// Adds each change's count (`sign` = -1 subtracts them); rows that reach zero go.
-    fn apply(&mut self, changes: &[(Row, isize)], sign: isize) {
-        for (row, diff) in changes {
-            let hash = hash_row(row, 0) as u32;
-            match self.entries.entry(spread(hash), |e| e.hash == hash && e.row.equals(row), |e| spread(e.hash)) {
+    fn apply(&mut self, changes: &[Change], sign: isize) {
+        for Change { row, hash, diff } in changes {
+            let hash = *hash;
+            match self.entries.entry(spread(hash), |e| e.hash == hash && e.row == *row, |e| spread(e.hash)) {
                 hashbrown::hash_table::Entry::Occupied(mut e) => {
                     let count = Table::count_in(&self.wide, e.get()) + sign * diff;
                     if count == 0 {
@@ -67,7 +69,7 @@ impl Table {
                     }
                 }
                 hashbrown::hash_table::Entry::Vacant(e) => {
-                    let row = PackedRow::new(row);
+                    let row = row.clone();
                     let count = Table::set_wide(&mut self.wide, &row, sign * diff);
                     e.insert(Entry { hash, count, row });
                 }
@@ -77,7 +79,7 @@ impl Table {
 
     /// An entry's count.
     #[inline]
-    fn count_in(wide: &[(PackedRow, isize)], entry: &Entry) -> isize {
+    fn count_in(wide: &[(SharedRow, isize)], entry: &Entry) -> isize {
         if entry.count != WIDE {
             return entry.count as isize;
         }
@@ -87,7 +89,7 @@ impl Table {
     /// The count an entry of `row` holds for `count`: the count itself, or [`WIDE`]
     /// with the count in `wide` (where the row's count is kept only while it is wide).
     #[inline]
-    fn set_wide(wide: &mut Vec<(PackedRow, isize)>, row: &PackedRow, count: isize) -> i32 {
+    fn set_wide(wide: &mut Vec<(SharedRow, isize)>, row: &SharedRow, count: isize) -> i32 {
         let narrow = i32::try_from(count).ok().filter(|c| *c != WIDE);
         if narrow.is_none() || !wide.is_empty() {
             wide.retain(|(r, _)| r != row);
@@ -119,7 +121,26 @@ pub struct EpochChanges {
     /// The epoch.
     pub epoch: Epoch,
     /// The changed rows with `+n` (added) or `-n` (removed), consolidated.
-    pub changes: Vec<(Row, isize)>,
+    pub changes: Vec<Change>,
+}
+
+/// A change to a view's rows.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// The row, packed and shared (the view's table and its history hold the same one).
+    pub row: SharedRow,
+    /// The row's hash ([`hash_row`] with seed 0, cut to 32 bits).
+    pub hash: u32,
+    /// How many copies of it the change adds (`+n`) or removes (`-n`).
+    pub diff: isize,
+}
+
+impl Change {
+    /// A change of `row`, packed (its values moved) and hashed.
+    pub fn new(row: Row, diff: isize) -> Change {
+        let hash = hash_row(&row, 0) as u32;
+        Change { row: SharedRow::new(row), hash, diff }
+    }
 }
 
 /// What a view is: name, definition and schema.
@@ -310,10 +331,11 @@ impl LiveView {
 
     /// Applies one epoch's changes (for views maintained outside the dataflow).
     pub fn publish_changes(&self, epoch: Epoch, changes: Vec<(Row, isize)>) {
-        self.publish(epoch, changes)
+        self.publish(epoch, changes.into_iter().map(|(row, diff)| Change::new(row, diff)).collect())
     }
 
-    fn publish(&self, epoch: Epoch, changes: Vec<(Row, isize)>) {
+    /// Applies one epoch's changes, packed and hashed.
+    pub fn publish(&self, epoch: Epoch, changes: Vec<Change>) {
         let mut state = self.lock();
         if epoch < state.epoch || (epoch == state.epoch && changes.is_empty()) {
             return;
@@ -445,7 +467,7 @@ impl ViewStore {
     /// Applies one epoch's changes to a view (called by the dataflow worker).
     pub fn publish(&self, name: &str, epoch: Epoch, changes: Vec<(Row, isize)>) {
         if let Some(view) = self.get(name) {
-            view.publish(epoch, changes);
+            view.publish_changes(epoch, changes);
         }
     }
 }
@@ -463,6 +485,10 @@ mod tests {
         vec![Value::str("acme"), Value::Int(i)]
     }
 
+    fn changes(rows: Vec<(Row, isize)>) -> Vec<Change> {
+        rows.into_iter().map(|(row, diff)| Change::new(row, diff)).collect()
+    }
+
     fn rows(ids: &[i64]) -> Vec<Row> {
         ids.iter().map(|i| row(*i)).collect()
     }
@@ -472,27 +498,27 @@ mod tests {
         let count = |t: &Table, r: &Row| t.iter().find(|(e, _)| e.row.equals(r)).map(|(_, n)| n);
         let big = i32::MAX as isize;
         let mut t = Table::default();
-        t.apply(&[(row(1), big), (row(2), 1)], 1);
-        t.apply(&[(row(1), 3)], 1);
+        t.apply(&changes(vec![(row(1), big), (row(2), 1)]), 1);
+        t.apply(&changes(vec![(row(1), 3)]), 1);
         assert_eq!((count(&t, &row(1)), count(&t, &row(2)), t.wide.len()), (Some(big + 3), Some(1), 1));
         let copy = t.clone();
-        t.apply(&[(row(1), 4)], -1);
+        t.apply(&changes(vec![(row(1), 4)]), -1);
         assert_eq!((count(&t, &row(1)), t.wide.len()), (Some(big - 1), 0));
         assert_eq!(count(&copy, &row(1)), Some(big + 3));
-        t.apply(&[(row(1), big - 1)], -1);
+        t.apply(&changes(vec![(row(1), big - 1)]), -1);
         assert_eq!(count(&t, &row(1)), None);
         // (the entries' marker of a wide count is itself a count that goes there)
-        t.apply(&[(row(3), i32::MIN as isize), (row(4), -(big + 2))], 1);
+        t.apply(&changes(vec![(row(3), i32::MIN as isize), (row(4), -(big + 2))]), 1);
         assert_eq!((count(&t, &row(3)), count(&t, &row(4)), t.wide.len()), (Some(i32::MIN as isize), Some(-(big + 2)), 2));
-        t.apply(&[(row(3), i32::MIN as isize), (row(4), -(big + 2))], -1);
+        t.apply(&changes(vec![(row(3), i32::MIN as isize), (row(4), -(big + 2))]), -1);
         assert_eq!((count(&t, &row(3)), count(&t, &row(4)), t.wide.len(), t.len()), (None, None, 0, 1));
     }
 
     #[test]
     fn counts_add_up_and_rows_at_zero_go() {
         let v = view();
-        v.publish(1, vec![(row(1), 1), (row(2), 2)]);
-        v.publish(2, vec![(row(1), -1), (row(3), 1), (row(2), -1)]);
+        v.publish_changes(1, vec![(row(1), 1), (row(2), 2)]);
+        v.publish_changes(2, vec![(row(1), -1), (row(3), 1), (row(2), -1)]);
         assert_eq!(v.snapshot(), (2, rows(&[2, 3])));
         assert_eq!(v.rows_at(1), Some(rows(&[1, 2, 2])), "later changes undone");
     }
@@ -500,19 +526,19 @@ mod tests {
     #[test]
     fn a_reader_holding_the_table_sees_its_epoch_and_later_readers_see_theirs() {
         let v = view();
-        v.publish(1, vec![(row(1), 1)]);
-        v.publish(2, vec![(row(2), 1)]);
+        v.publish_changes(1, vec![(row(1), 1)]);
+        v.publish_changes(2, vec![(row(2), 1)]);
         let held = v.copy_at(2).expect("epoch 2 is kept");
         // these wait for the reader instead of copying the table
-        v.publish(3, vec![(row(1), -1), (row(3), 1)]);
-        v.publish(4, vec![(row(4), 1)]);
+        v.publish_changes(3, vec![(row(1), -1), (row(3), 1)]);
+        v.publish_changes(4, vec![(row(4), 1)]);
         assert!(!v.lock().pending.is_empty(), "the changes wait while the table is held");
         assert_eq!(v.rows_at(3), Some(rows(&[2, 3])));
         assert_eq!(v.rows_at(2), Some(rows(&[1, 2])));
         assert_eq!(v.snapshot().1, rows(&[2, 3, 4]));
         assert_eq!(held.rows(), rows(&[1, 2]));
         // once the reader lets go, the next publish applies everything in place
-        v.publish(5, vec![(row(5), 1)]);
+        v.publish_changes(5, vec![(row(5), 1)]);
         let state = v.lock();
         assert!(state.pending.is_empty());
         assert_eq!(state.applied, 5);
@@ -524,10 +550,10 @@ mod tests {
     #[test]
     fn a_reader_that_holds_the_table_too_long_costs_a_copy_not_unbounded_pending_changes() {
         let v = view();
-        v.publish(1, vec![(row(0), 1)]);
+        v.publish_changes(1, vec![(row(0), 1)]);
         let held = v.copy_at(1).expect("epoch 1 is kept");
         let many: Vec<(Row, isize)> = (1..=PENDING_ROWS as i64 + 1).map(|i| (row(i), 1)).collect();
-        v.publish(2, many);
+        v.publish_changes(2, many);
         assert!(v.lock().pending.is_empty(), "the writer copied the table");
         assert_eq!(held.rows(), rows(&[0]));
         assert_eq!(v.snapshot().1.len(), PENDING_ROWS + 2);
@@ -536,17 +562,17 @@ mod tests {
     #[test]
     fn a_subscriber_starts_from_the_rows_its_changes_follow() {
         let v = view();
-        v.publish(1, vec![(row(1), 1)]);
+        v.publish_changes(1, vec![(row(1), 1)]);
         let held = v.copy_at(1).expect("epoch 1 is kept");
-        v.publish(2, vec![(row(2), 1)]);
+        v.publish_changes(2, vec![(row(2), 1)]);
         let mut sub = v.subscribe(None);
-        v.publish(3, vec![(row(2), -1)]);
+        v.publish_changes(3, vec![(row(2), -1)]);
         drop(held);
         match sub.start {
             Start::Snapshot { epoch, rows: r } => assert_eq!((epoch, r), (2, rows(&[1, 2]))),
             _ => panic!("expected a snapshot"),
         }
         let next = sub.changes.try_recv().expect("epoch 3's changes");
-        assert_eq!((next.epoch, next.changes.clone()), (3, vec![(row(2), -1)]));
+        assert_eq!((next.epoch, next.changes.iter().map(|c| (c.row.to_row(), c.diff)).collect::<Vec<_>>()), (3, vec![(row(2), -1)]));
     }
 }

@@ -321,19 +321,47 @@ fn hash_str<H: Hasher>(s: &str, state: &mut H) {
 /// as `Hash` has them (`0.0` and `-0.0`, NaNs); `seed` picks one of many such hashes.
 #[inline]
 pub fn hash_row(values: &[Value], seed: u64) -> u64 {
-    let mut h = seed ^ ROW_HASH_K0;
+    let mut h = RowHasher::new(seed);
     for v in values {
+        h.add(v);
+    }
+    h.finish()
+}
+
+/// [`hash_row`] a value at a time (for rows that are not one slice: a packed row's, or a
+/// key's values and then the aggregates').
+#[derive(Clone, Copy)]
+pub struct RowHasher {
+    h: u64,
+    seed: u64,
+}
+
+impl RowHasher {
+    /// The hash of no values yet, with `seed`.
+    #[inline]
+    pub fn new(seed: u64) -> RowHasher {
+        RowHasher { h: seed ^ ROW_HASH_K0, seed }
+    }
+
+    /// Adds the next value.
+    #[inline]
+    pub fn add(&mut self, v: &Value) {
         let x = match v {
             Value::Null => 0,
             Value::Bool(b) => 1 + u64::from(*b),
             Value::Int(i) | Value::Timestamp(i) => *i as u64,
             Value::Float(f) => float_key(*f).to_bits(),
             Value::Str(s) => hash_text(s.as_bytes()),
-            Value::Map(_) | Value::List(_) => foldhash::fast::FixedState::with_seed(seed).hash_one(v),
+            Value::Map(_) | Value::List(_) => foldhash::fast::FixedState::with_seed(self.seed).hash_one(v),
         };
-        h = folded_multiply(h ^ x, ROW_HASH_K1);
+        self.h = folded_multiply(self.h ^ x, ROW_HASH_K1);
     }
-    folded_multiply(h, ROW_HASH_K2)
+
+    /// The hash of the values added.
+    #[inline]
+    pub fn finish(self) -> u64 {
+        folded_multiply(self.h, ROW_HASH_K2)
+    }
 }
 
 /// A row's hash cut to 32 bits, as a hash table of entries that keep those 32 takes it:

@@ -214,11 +214,15 @@ fn snapshot_event(out: &mut Vec<u8>, columns: &[Column], epoch: u64, rows: &[Row
 /// Appends an epoch's changes, one `change` event per row and unit of its difference.
 fn change_events(out: &mut Vec<u8>, columns: &[Column], changes: &EpochChanges, scope: &Option<Scope>) {
     let epoch = changes.epoch;
-    for (row, diff) in changes.changes.iter().filter(|(r, _)| keep(scope, r)) {
+    for change in changes.changes.iter() {
+        let (row, diff) = (change.row.to_row(), change.diff);
+        if !keep(scope, &row) {
+            continue;
+        }
         let start = out.len();
         sse_event(out, "change", Some(epoch), |out| {
             out.extend_from_slice(format!("{{\"epoch\":{epoch},\"diff\":{},\"row\":", diff.signum()).as_bytes());
-            write_row_json(out, columns, row);
+            write_row_json(out, columns, &row);
             out.push(b'}');
         });
         for _ in 1..diff.unsigned_abs() {
