@@ -29,10 +29,11 @@ use crate::value::{hash_row, spread, Row};
 /// and count 32 bits each: with a 64-bit hash and count, 24 bytes, engine-window took 12
 /// more bytes per live row: docs/benchmarks.md.) The rows are the changes' own
 /// ([`SharedRow`]), with the hash the change came with: the table neither copies nor
-/// hashes a row.
+/// hashes a row. The entries come from the system allocator, whose large blocks go
+/// back to the kernel when the table outgrows them (see `aggregate::Groups::table`).
 #[derive(Clone, Default)]
 struct Table {
-    entries: hashbrown::HashTable<Entry>,
+    entries: hashbrown::HashTable<Entry, std::alloc::System>,
     /// The counts that do not fit an entry's 32 bits, whose entries hold [`WIDE`]: none
     /// unless a row has 2^31 copies.
     wide: Vec<(SharedRow, isize)>,
