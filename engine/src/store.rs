@@ -336,7 +336,7 @@ impl LiveView {
     }
 
     /// Applies one epoch's changes, packed and hashed.
-    pub fn publish(&self, epoch: Epoch, changes: Vec<Change>) {
+    pub(crate) fn publish(&self, epoch: Epoch, changes: Vec<Change>) {
         let mut state = self.lock();
         if epoch < state.epoch || (epoch == state.epoch && changes.is_empty()) {
             return;
