@@ -922,8 +922,8 @@ fn changes_of<'s>(root: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) ->
             input.for_each(|cap, updates| {
                 let mut session = output.session(&cap);
                 for (row, t, diff) in updates.drain(..) {
-                    let hash = crate::value::hash_row(&row, 0) as u32;
-                    session.give(((SharedRow::new(row), hash), t, diff));
+                    let Change { row, hash, diff } = Change::new(row, diff);
+                    session.give(((row, hash), t, diff));
                 }
             })
         }

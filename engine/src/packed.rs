@@ -48,6 +48,11 @@ unsafe impl Sync for PackedRow {}
 /// (16 bits) and its holders (16 bits: see [`SharedRow`]).
 const LENGTH_NIBBLES: usize = 8;
 
+/// The most values a packed row holds (its length has 16 bits). The planner refuses a
+/// view with a step of more columns (`plan::lower`), so that no row of a view or a
+/// grouping is wider.
+pub const MAX_VALUES: usize = u16::MAX as usize;
+
 /// The first header word's bits of the row's holders (see [`SharedRow`]): 1 for a row
 /// that is not shared, as every row is built.
 const HOLDERS_SHIFT: u32 = 16;
@@ -176,8 +181,8 @@ impl PackedRow {
     #[inline]
     fn build_given(values: impl Iterator<Item = (u64, u64)>, given: usize, n: usize, extra: usize) -> PackedRow {
         assert!(given <= n, "{given} values for a packed row of {n}");
-        // (a view's rows, a group's key: tens of values at most)
-        let length = u16::try_from(n).expect("a packed row of fewer than 2^16 values");
+        // (the planner refuses wider rows: see `MAX_VALUES`)
+        let length = u16::try_from(n).expect("a packed row of at most MAX_VALUES values");
         let h = header_words(n);
         let layout = Layout::array::<u64>(h + n + extra).expect("a packed row's size fits in memory");
         // SAFETY: the layout has a nonzero size (one header word at least)
@@ -236,24 +241,9 @@ impl PackedRow {
         (self.first() & 0xffff) as usize
     }
 
-    /// The value at `i`, borrowed: a `Value` that must not outlive the row.
-    #[inline]
-    pub fn value(&self, i: usize) -> ManuallyDrop<Value> {
-        self.get(i)
-    }
-
     /// The row's hash, as [`crate::value::hash_row`] (seed 0) has its values'.
     pub fn hash(&self) -> u64 {
-        self.hash_prefix(self.len())
-    }
-
-    /// The hash of its first `k` values, as [`crate::value::hash_row`] (seed 0) has them.
-    pub fn hash_prefix(&self, k: usize) -> u64 {
-        let mut h = RowHasher::new(0);
-        for i in 0..k {
-            h.add(&self.get(i));
-        }
-        h.finish()
+        self.hash_on(RowHasher::new(0), 0)
     }
 
     /// The hash `h` (of values before these) goes on to with its values from `from` on.
@@ -435,7 +425,7 @@ impl SharedRow {
     /// Packs a row, its values moved in.
     pub fn new(row: Row) -> SharedRow {
         let n = row.len();
-        SharedRow(ManuallyDrop::new(PackedRow::build(row.into_iter().map(into_word), n)))
+        SharedRow::build(row.into_iter(), n)
     }
 
     /// A row of `n` values: `values` (moved in; no more than `n`), then NULLs.
