@@ -40,7 +40,7 @@ use crate::expr::Scalar;
 use crate::plan::{AggFunc, Aggregate};
 use crate::schema::DataType;
 use crate::time::Epoch;
-use crate::packed::{GroupRow, SharedRow};
+use crate::packed::{GroupRow, PackedRow, SharedRow};
 use crate::value::{cmp_values, sorted_by_prefix, spread, Row, RowHasher, Value};
 
 /// Where an aggregate finds its input value for each event.
@@ -95,6 +95,33 @@ type Group = GroupRow;
 struct Held {
     row: SharedRow,
     group: Group,
+}
+
+/// Where a group's entries are in its row, when every input has a `min` or a `max` of
+/// it among the aggregates: a group of one entry of count 1 (most of engine-window's:
+/// one event in its (tenant, kind, minute)) then keeps no inputs ([`GroupRow::in_row`]),
+/// since its row holds them: each input's min (or max) is the input itself. With one
+/// input, and both its min and its max, so does a group of two entries of count 1,
+/// neither NULL: they are the min and the max. (Its inputs took an allocation of 32
+/// bytes, 56 for two entries, beside its 64-byte row: docs/benchmarks.md.) A change to
+/// such a group takes its entries out of the row first ([`out_of_row`]).
+#[derive(Debug, PartialEq)]
+struct InRow {
+    /// For each input, the position after the key of a min or a max of it.
+    one: Vec<usize>,
+    /// With one input, the positions after the key of its min and its max.
+    two: Option<(usize, usize)>,
+}
+
+/// How an epoch first touched a group (see [`apply`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Touch {
+    /// A group of an earlier epoch.
+    Old,
+    /// A group it made.
+    New,
+    /// A group it made of one input, its row written then, with this hash (see [`InRow`]).
+    NewInRow(u32),
 }
 
 /// A vector kept in chunks of a fixed size, so that growing it never moves what it
@@ -162,6 +189,8 @@ struct Groups {
     /// its number of rows. (Integer sums are exact whatever the order of the changes;
     /// float sums are not, nor are min and max without the inputs once one is retracted.)
     summed: bool,
+    /// Where a group's entries are in its row, if they can be (see [`InRow`]).
+    in_row: Option<InRow>,
     /// The groups' positions by key hash. It comes from the system allocator (glibc's
     /// `malloc`, which maps a block this large on its own and unmaps it when freed):
     /// each time the table doubles, the one it outgrew goes back to the kernel, where
@@ -178,7 +207,7 @@ struct Groups {
     /// between epochs for their room, up to [`KEEP_ROOM`] entries. (Grown from empty, the
     /// list was reallocated a dozen times an epoch, doubling to 10,000 entries and more.)
     scratch: Row,
-    touched_list: Vec<(u32, bool, RowHasher)>,
+    touched_list: Vec<(u32, Touch, RowHasher)>,
     /// A new summed group's totals, as its first update makes them (see `summed`).
     totals: Vec<isize>,
 }
@@ -187,7 +216,15 @@ impl Groups {
     fn new(key_len: Option<usize>, width: usize, aggregates: &[(Aggregate, Slot)]) -> Groups {
         let summed = !aggregates.is_empty() && aggregates.iter().all(|(a, _)| !a.distinct && (a.func == AggFunc::Count || (a.func == AggFunc::Sum && a.output == DataType::Int)));
         let totals = if summed { vec![0; 1 + 2 * aggregates.len()] } else { Vec::new() };
-        Groups { key_len, width, summed, totals, ..Groups::default() }
+        let of = |c: usize, func: AggFunc| aggregates.iter().position(|(a, slot)| a.func == func && *slot == Slot::Column(c));
+        let in_row = match (key_len, summed, width) {
+            (Some(_), false, 1..) => (0..width).map(|c| of(c, AggFunc::Min).or_else(|| of(c, AggFunc::Max))).collect::<Option<Vec<_>>>().map(|one| InRow {
+                one,
+                two: if width == 1 { of(0, AggFunc::Min).zip(of(0, AggFunc::Max)) } else { None },
+            }),
+            _ => None,
+        };
+        Groups { key_len, width, summed, in_row, totals, ..Groups::default() }
     }
 
     fn key_len(&self, row: &[Value]) -> usize {
@@ -214,8 +251,10 @@ impl Groups {
 
     /// Makes a group of the update's row: its key moves to the group's row (its
     /// aggregates NULL until the epoch's end), its inputs become the group's one entry
-    /// (and any values after them are dropped).
-    fn insert(&mut self, hash: u64, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> u32 {
+    /// (and any values after them are dropped). Or, if its row can hold that entry (see
+    /// [`InRow`]), the row has its aggregates at once, and the hash the key's `hasher`
+    /// goes on to with them: [`Touch::NewInRow`].
+    fn insert(&mut self, hash: u64, hasher: RowHasher, mut row: Row, k: usize, diff: isize, aggregates: &[(Aggregate, Slot)]) -> (u32, Touch) {
         let i = self.free.pop().unwrap_or_else(|| {
             self.slab.push(None);
             self.touched.push(false);
@@ -228,12 +267,23 @@ impl Groups {
             self.totals.fill(0);
             add(&mut self.totals, aggregates, &row[k..], diff);
         }
-        let key = SharedRow::build(row.drain(..k), k + aggregates.len());
-        let group = if self.summed { GroupRow::new(row, 0, &self.totals) } else { GroupRow::new(row, self.width, &[diff]) };
+        let n = k + aggregates.len();
+        let (key, group, touch) = if self.in_row.is_some() && diff == 1 {
+            self.scratch.clear();
+            one_entry_aggregates(aggregates, &row[k..], 1, &mut self.scratch);
+            let mut h = hasher;
+            self.scratch.iter().for_each(|v| h.add(v));
+            let mut key = SharedRow::build(row.drain(..k), n);
+            key.get_mut().expect("a new row").set_from(k, &self.scratch);
+            (key, GroupRow::in_row(1), Touch::NewInRow(h.finish() as u32))
+        } else {
+            let key = SharedRow::build(row.drain(..k), n);
+            (key, if self.summed { GroupRow::new(row, 0, &self.totals) } else { GroupRow::new(row, self.width, &[diff]) }, Touch::New)
+        };
         self.slab[i] = Some(Held { row: key, group });
         let at = u32::try_from(i).expect("fewer than 2^32 groups on a worker");
         self.table.insert_unique(hash, (hash as u32, at), |(h, _)| spread(*h));
-        at
+        (at, touch)
     }
 
     /// Forgets a group (its values are gone) of the key `hasher` hashed: its row.
@@ -265,7 +315,7 @@ impl Grouping {
     /// Applies one epoch's updates, rows `key ++ inputs` (inputs as [`inputs`] lays them
     /// out); `emit` gets each changed group's old row (-1) and new row (+1).
     pub fn apply(&mut self, updates: Vec<(Row, isize)>, mut emit: impl FnMut(Row, isize)) {
-        apply(&mut self.groups, &self.aggregates, updates, |row, _, diff| emit(row.to_row(), diff))
+        apply(&mut self.groups, &self.aggregates, updates, |row, _, _, diff| emit(row.to_row(), diff))
     }
 }
 
@@ -276,16 +326,18 @@ pub(crate) type Update = (Row, Epoch, isize);
 /// aggregates reading the inputs through their slots (`Column(i)`: the row's value at
 /// `key_len + i`; values after the last one a slot reads are ignored).
 pub fn group<'s>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> VecCollection<'s, Epoch, Row, isize> {
-    grouped(input, key_len, aggregates, |row, _| row.to_row()).as_collection()
+    grouped(input, key_len, aggregates, |row, _, _| row.to_row()).as_collection()
 }
 
-/// [`group`], its rows the groups' own, with their hashes: for a view's last operator,
-/// whose rows go to the view store as they are (see [`Held`]).
-pub fn group_shared<'s>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> StreamVec<'s, Epoch, ((SharedRow, u32), Epoch, isize)> {
-    grouped(input, key_len, aggregates, |row, hash| (row, hash))
+/// [`group`], its rows the groups' own, with their hashes and slots: for a view's last
+/// operator, whose rows go to the view store as they are (see [`Held`]). A row's slot
+/// is its group's, unique among the groups of every worker while the group lives: the
+/// store keeps the row there rather than in its hash table (see `store::Table`).
+pub fn group_shared<'s>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>) -> StreamVec<'s, Epoch, ((SharedRow, u32, u32), Epoch, isize)> {
+    grouped(input, key_len, aggregates, |row, hash, slot| (row, hash, slot))
 }
 
-fn grouped<'s, D: Clone + 'static>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>, out: fn(SharedRow, u32) -> D) -> StreamVec<'s, Epoch, (D, Epoch, isize)> {
+fn grouped<'s, D: Clone + 'static>(input: VecCollection<'s, Epoch, Row, isize>, key_len: Option<usize>, aggregates: Vec<(Aggregate, Slot)>, out: fn(SharedRow, u32, u32) -> D) -> StreamVec<'s, Epoch, (D, Epoch, isize)> {
     let width = aggregates.iter().filter_map(|(_, slot)| if let Slot::Column(c) = slot { Some(c + 1) } else { None }).max().unwrap_or(0);
     if timely::dataflow::Scope::peers(&input.inner.scope()) > 1 {
         // (seeded apart from the groups' table, whose hashes would otherwise all share
@@ -298,10 +350,14 @@ fn grouped<'s, D: Clone + 'static>(input: VecCollection<'s, Epoch, Row, isize>, 
     }
 }
 
-fn operator<'s, P, D: Clone + 'static>(input: VecCollection<'s, Epoch, Row, isize>, pact: P, key_len: Option<usize>, width: usize, aggregates: Vec<(Aggregate, Slot)>, out: fn(SharedRow, u32) -> D) -> StreamVec<'s, Epoch, (D, Epoch, isize)>
+fn operator<'s, P, D: Clone + 'static>(input: VecCollection<'s, Epoch, Row, isize>, pact: P, key_len: Option<usize>, width: usize, aggregates: Vec<(Aggregate, Slot)>, out: fn(SharedRow, u32, u32) -> D) -> StreamVec<'s, Epoch, (D, Epoch, isize)>
 where
     P: ParallelizationContract<Epoch, Vec<Update>>,
 {
+    let (index, peers) = (timely::dataflow::Scope::index(&input.inner.scope()), timely::dataflow::Scope::peers(&input.inner.scope()));
+    // a group's slot: its position among this worker's groups, interleaved with the other
+    // workers' (none past 2^32 - 1, which is `store::NO_SLOT`, no slot)
+    let slot = move |i: usize| i.checked_mul(peers).and_then(|s| u32::try_from(s + index).ok()).filter(|s| *s != u32::MAX).unwrap_or(u32::MAX);
     input.inner.unary_frontier::<CapacityContainerBuilder<Vec<(D, Epoch, isize)>>, _, _, _>(pact, "Aggregate", move |_, _| {
         // each epoch's updates, in the containers they came in
         let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Vec<Update>>)> = BTreeMap::new();
@@ -316,7 +372,7 @@ where
                 let (t, (cap, updates)) = entry.remove_entry();
                 let mut session = output.session(&cap);
                 let updates = updates.into_iter().flatten().map(|(row, _, diff)| (row, diff));
-                apply(&mut groups, &aggregates, updates, |row, hash, diff| session.give((out(row, hash), t, diff)));
+                apply(&mut groups, &aggregates, updates, |row, hash, i, diff| session.give((out(row, hash, slot(i)), t, diff)));
             }
         }
     })
@@ -350,8 +406,9 @@ pub(crate) fn stash<E>(pending: &mut BTreeMap<Epoch, E>, cap: &InputCapability<E
 /// instructions: each probe of a binary search is a row elsewhere in memory.)
 const IN_PLACE: usize = 8;
 
-/// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row (+1).
-fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = (Row, isize)>, mut emit: impl FnMut(SharedRow, u32, isize)) {
+/// Applies one epoch's updates; `emit` gets each changed group's old row (-1) and new row
+/// (+1), each with its hash and the group's position in the slab.
+fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl IntoIterator<Item = (Row, isize)>, mut emit: impl FnMut(SharedRow, u32, usize, isize)) {
     // the groups the epoch touches, in the order it first does, whether each is new, and
     // the hasher of its key's values (each row out is hashed as `hash_row` has it, which
     // goes on with the aggregates' values: a hash of the packed row took engine-window's
@@ -364,17 +421,23 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         let k = groups.key_len(&row);
         let (hash, hasher) = groups.hash(&row[..k]);
         let Some(i) = groups.find(hash, &row[..k]) else {
-            let i = groups.insert(hash, row, k, diff, aggregates);
+            let (i, touch) = groups.insert(hash, hasher, row, k, diff, aggregates);
             groups.touched[i as usize] = true;
-            touched.push((i, true, hasher));
+            touched.push((i, touch, hasher));
             continue;
         };
         if !groups.touched[i] {
             groups.touched[i] = true;
             // (a group from an earlier epoch has entries: one left without is removed)
-            touched.push((i as u32, false, hasher));
+            touched.push((i as u32, Touch::Old, hasher));
         }
-        let group = &mut groups.slab[i].as_mut().expect("a group in the table is in the slab").group;
+        let held = groups.slab[i].as_mut().expect("a group in the table is in the slab");
+        if let Some(in_row) = &groups.in_row
+            && held.group.in_row_entries() > 0
+        {
+            held.group = out_of_row(&held.row, k, in_row, held.group.in_row_entries());
+        }
+        let group = &mut held.group;
         if groups.summed {
             if group.counts().is_empty() {
                 group.set_entries(vec![0; groups.totals.len()], Vec::new(), 0);
@@ -407,15 +470,24 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         aggregates.iter().for_each(|v| h.add(v));
         h.finish() as u32
     };
-    for (i, new, hasher) in touched.drain(..) {
-        let i = i as usize;
+    for (i, touch, hasher) in touched.drain(..) {
+        let (i, new) = (i as usize, touch != Touch::Old);
         groups.touched[i] = false;
-        if groups.slab[i].as_ref().expect("a touched group is in the slab").group.counts().is_empty() {
+        let held = groups.slab[i].as_ref().expect("a touched group is in the slab");
+        if let Touch::NewInRow(hash) = touch
+            && held.group.in_row_entries() > 0
+        {
+            // (a group made of one input, its row written; any other touched group's
+            // entries are out of its row, as this one's are if the epoch changed it again)
+            emit(held.row.clone(), hash, i, 1);
+            continue;
+        }
+        if held.group.counts().is_empty() {
             // (a group made for updates that all cancel is forgotten without a word)
             let row = groups.remove(i, hasher);
             if !new {
                 let hash = row.hash_on(hasher, groups.key_len.unwrap_or(row.len())) as u32;
-                emit(row, hash, -1);
+                emit(row, hash, i, -1);
             }
             continue;
         }
@@ -427,13 +499,24 @@ fn apply(groups: &mut Groups, aggregates: &[(Aggregate, Slot)], updates: impl In
         if new {
             let hash = row_hash(hasher, now);
             held.row.get_mut().expect("a new group's row is not emitted yet").set_from(k, now);
-            emit(held.row.clone(), hash, 1);
+            emit(held.row.clone(), hash, i, 1);
         } else if !held.row.equals_at(k, now) {
             let old_hash = held.row.hash_on(hasher, k) as u32;
             let hash = row_hash(hasher, now);
             let row = SharedRow::with_prefix(&held.row, k, now);
-            emit(std::mem::replace(&mut held.row, row), old_hash, -1);
-            emit(held.row.clone(), hash, 1);
+            emit(std::mem::replace(&mut held.row, row), old_hash, i, -1);
+            emit(held.row.clone(), hash, i, 1);
+        }
+        if let Some(in_row) = &groups.in_row {
+            // (if its row holds its entries now)
+            let entries = match (held.group.counts(), held.group.values()) {
+                ([1], _) => 1,
+                ([1, 1], [lo, hi]) if in_row.two.is_some() && !lo.is_null() && !hi.is_null() => 2,
+                _ => 0,
+            };
+            if entries > 0 {
+                held.group = GroupRow::in_row(entries);
+            }
         }
     }
     // (a view's first epoch holds every retained event: millions of groups)
@@ -457,17 +540,34 @@ fn compute(group: &Group, summed: bool, width: usize, aggregates: &[(Aggregate, 
         && n > 0
     {
         // (a group of one entry, the usual one: each aggregate of its value, inline)
-        let values = group.values();
-        out.extend(aggregates.iter().map(|(a, slot)| {
-            let v = match slot {
-                Slot::Column(c) => &values[*c],
-                Slot::Constant(v) => v,
-            };
-            one_entry(a, v, if a.distinct { 1 } else { n as i64 })
-        }));
+        one_entry_aggregates(aggregates, group.values(), n, out);
     } else {
         out.extend(aggregates.iter().map(|(a, slot)| aggregate(a, slot, width, group.values(), counts)));
     }
+}
+
+/// Appends the aggregates of one entry, `n` times `inputs`, to `out`.
+#[inline]
+fn one_entry_aggregates(aggregates: &[(Aggregate, Slot)], inputs: &[Value], n: isize, out: &mut Row) {
+    out.extend(aggregates.iter().map(|(a, slot)| {
+        let v = match slot {
+            Slot::Column(c) => &inputs[*c],
+            Slot::Constant(v) => v,
+        };
+        one_entry(a, v, if a.distinct { 1 } else { n as i64 })
+    }));
+}
+
+/// The `entries` entries (one or two) of a group whose row holds them (see [`InRow`]),
+/// each of count 1: its values at these positions after its key of `k`.
+fn out_of_row(row: &PackedRow, k: usize, in_row: &InRow, entries: usize) -> Group {
+    let mut values = Vec::with_capacity(in_row.one.len() * entries);
+    let mut take = |j: usize| row.extend_into(k + j..k + j + 1, &mut values);
+    match (entries, in_row.two) {
+        (2, Some((lo, hi))) => [lo, hi].into_iter().for_each(&mut take),
+        _ => in_row.one.iter().for_each(|j| take(*j)),
+    }
+    GroupRow::new(values, in_row.one.len(), &[1, 1][..entries])
 }
 
 /// Adds a change (`diff` times the row's inputs, after its key) to a group's running
@@ -847,19 +947,19 @@ mod tests {
         // DISTINCT: the whole row is the key, and each group has one entry, of no values
         let mut groups = Groups::new(None, 0, &[]);
         let mut out = Vec::new();
-        apply(&mut groups, &[], vec![(row(&[1, 2]), 1), (row(&[1, 2]), 1), (row(&[3]), 1)], |r, h, d| {
+        apply(&mut groups, &[], vec![(row(&[1, 2]), 1), (row(&[1, 2]), 1), (row(&[3]), 1)], |r, h, _, d| {
             assert_eq!(h, r.hash() as u32);
             out.push((r.to_row(), d))
         });
         out.sort();
         assert_eq!(out, vec![(row(&[1, 2]), 1), (row(&[3]), 1)]);
         out.clear();
-        apply(&mut groups, &[], vec![(row(&[1, 2]), -1)], |r, h, d| {
+        apply(&mut groups, &[], vec![(row(&[1, 2]), -1)], |r, h, _, d| {
             assert_eq!(h, r.hash() as u32);
             out.push((r.to_row(), d))
         });
         assert!(out.is_empty());
-        apply(&mut groups, &[], vec![(row(&[1, 2]), -1), (row(&[3]), -1)], |r, h, d| {
+        apply(&mut groups, &[], vec![(row(&[1, 2]), -1), (row(&[3]), -1)], |r, h, _, d| {
             assert_eq!(h, r.hash() as u32);
             out.push((r.to_row(), d))
         });
@@ -872,9 +972,30 @@ mod tests {
     fn groups_small_and_large_agree_with_recomputing() {
         // a few keys, each receiving many updates per epoch (so that groups cross from
         // changing in place to merging within an epoch), some retracted in later epochs;
-        // after every epoch the emitted rows add up to count and max recomputed from scratch
-        let aggregates = count_and_max();
+        // after every epoch the emitted rows add up to the aggregates recomputed from
+        // scratch. With many keys, most groups hold one or two entries: with max (and
+        // min), their rows hold them; and without.
+        for keys in [4, 400] {
+            for with_min in [false, true] {
+                for in_row in [true, false] {
+                    recompute(keys, with_min, in_row);
+                }
+            }
+        }
+    }
+
+    /// `count(*), max(value)` (and `min(value)`) by key, against a recomputation.
+    fn recompute(keys: i64, with_min: bool, in_row: bool) {
+        let mut aggregates = count_and_max();
+        if with_min {
+            let min = Aggregate { func: AggFunc::Min, arg: Scalar::Column(0), distinct: false, filter: None, output: DataType::Int };
+            aggregates.push((min, Slot::Column(0)));
+        }
         let mut groups = Groups::new(Some(1), 1, &aggregates);
+        assert_eq!(groups.in_row, Some(InRow { one: vec![if with_min { 2 } else { 1 }], two: with_min.then_some((2, 1)) }));
+        if !in_row {
+            groups.in_row = None;
+        }
         let mut view: std::collections::BTreeMap<Row, isize> = Default::default();
         let mut all: std::collections::BTreeMap<(i64, i64), isize> = Default::default();
         let mut seed = 17u64;
@@ -882,31 +1003,49 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 33) as i64
         };
+        let mut seen = [0; 3];
         for epoch in 0..12 {
             let mut updates = Vec::new();
             for _ in 0..(if epoch % 3 == 0 { 400 } else { 30 }) {
-                let (key, value) = (next() % 4, next() % 150);
+                let (key, value) = (next() % keys, next() % 150);
                 let present = all.get(&(key, value)).copied().unwrap_or(0);
                 let diff = if present > 0 && next() % 3 == 0 { -1 } else { 1 };
                 *all.entry((key, value)).or_default() += diff;
                 updates.push((row(&[key, value]), diff));
             }
-            apply(&mut groups, &aggregates, updates, |r, h, d| {
+            apply(&mut groups, &aggregates, updates, |r, h, _, d| {
                 assert_eq!(h, r.hash() as u32);
                 *view.entry(r.to_row()).or_default() += d
             });
             view.retain(|_, d| *d != 0);
             let mut expected: std::collections::BTreeMap<Row, isize> = Default::default();
-            for key in 0..4 {
+            for key in 0..keys {
                 let values: Vec<(i64, isize)> = all.iter().filter(|((k, _), n)| *k == key && **n > 0).map(|((_, v), n)| (*v, *n)).collect();
-                if let Some(hi) = values.iter().map(|(v, _)| *v).max() {
-                    expected.insert(row(&[key, values.iter().map(|(_, n)| *n as i64).sum(), hi]), 1);
+                if let (Some(lo), Some(hi)) = (values.iter().map(|(v, _)| *v).min(), values.iter().map(|(v, _)| *v).max()) {
+                    let count = values.iter().map(|(_, n)| *n as i64).sum();
+                    expected.insert(row(&if with_min { vec![key, count, hi, lo] } else { vec![key, count, hi] }), 1);
                 }
             }
             assert_eq!(view, expected, "after epoch {epoch}");
             assert!(groups.touched.iter().all(|t| !t));
+            // (a group of one entry of count 1, or two with min and max, keeps them in its
+            // row, if it can)
+            for g in (0..groups.slab.len()).filter_map(|i| groups.slab[i].as_ref()) {
+                let entries = g.group.in_row_entries();
+                seen[entries] += 1;
+                let could = match g.group.counts() {
+                    [1] => in_row,
+                    [1, 1] => in_row && with_min,
+                    _ => false,
+                };
+                assert!(!could, "after epoch {epoch}: {:?} could be in its row", g.group.counts());
+                assert!(entries < 2 || with_min);
+            }
             // (every group's row is its key and the aggregates it last emitted)
             assert!((0..groups.slab.len()).all(|i| groups.slab[i].as_ref().is_none_or(|g| view.contains_key(&g.row.to_row()))));
+        }
+        if keys > 4 {
+            assert_eq!((seen[1] > 0, seen[2] > 0), (in_row, in_row && with_min), "{seen:?}");
         }
     }
 
@@ -993,7 +1132,7 @@ mod tests {
             // and a key whose rows come and go within the epoch
             updates.push((input(9, Some(1)), 1));
             updates.push((input(9, Some(1)), -1));
-            apply(&mut groups, &aggregates, updates, |r, h, d| {
+            apply(&mut groups, &aggregates, updates, |r, h, _, d| {
                 assert_eq!(h, r.hash() as u32);
                 *view.entry(r.to_row()).or_default() += d
             });
@@ -1017,7 +1156,7 @@ mod tests {
         let aggregates = count_and_max();
         let mut groups = Groups::new(Some(1), 1, &aggregates);
         let mut out = Vec::new();
-        apply(&mut groups, &aggregates, vec![(row(&[7, 4]), 1), (row(&[7, 2]), 1), (row(&[8, 1]), 1)], |r, h, d| {
+        apply(&mut groups, &aggregates, vec![(row(&[7, 4]), 1), (row(&[7, 2]), 1), (row(&[8, 1]), 1)], |r, h, _, d| {
             assert_eq!(h, r.hash() as u32);
             out.push((r.to_row(), d))
         });
@@ -1025,25 +1164,28 @@ mod tests {
         assert_eq!(out, vec![(row(&[7, 2, 4]), 1), (row(&[8, 1, 1]), 1)]);
         out.clear();
         // an update that changes nothing visible emits nothing
-        apply(&mut groups, &aggregates, vec![(row(&[7, 2]), 1), (row(&[7, 3]), 1), (row(&[7, 2]), -1), (row(&[7, 3]), -1)], |r, h, d| {
+        apply(&mut groups, &aggregates, vec![(row(&[7, 2]), 1), (row(&[7, 3]), 1), (row(&[7, 2]), -1), (row(&[7, 3]), -1)], |r, h, _, d| {
             assert_eq!(h, r.hash() as u32);
             out.push((r.to_row(), d))
         });
         assert!(out.is_empty());
-        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), 1)], |r, h, d| {
+        let mut slots = Vec::new();
+        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), 1)], |r, h, i, d| {
             assert_eq!(h, r.hash() as u32);
+            slots.push(i);
             out.push((r.to_row(), d))
         });
         assert_eq!(out, vec![(row(&[7, 2, 4]), -1), (row(&[7, 3, 9]), 1)]);
+        assert_eq!(slots, vec![0, 0], "a group's rows come with its slot");
         out.clear();
-        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), -1), (row(&[7, 4]), -1), (row(&[7, 2]), -1)], |r, h, d| {
+        apply(&mut groups, &aggregates, vec![(row(&[7, 9]), -1), (row(&[7, 4]), -1), (row(&[7, 2]), -1)], |r, h, _, d| {
             assert_eq!(h, r.hash() as u32);
             out.push((r.to_row(), d))
         });
         assert_eq!(out, vec![(row(&[7, 3, 9]), -1)]);
         // the emptied group's place is reused
         assert_eq!(groups.free.len(), 1);
-        apply(&mut groups, &aggregates, vec![(row(&[7, 5]), 1)], |r, h, d| {
+        apply(&mut groups, &aggregates, vec![(row(&[7, 5]), 1)], |r, h, _, d| {
             assert_eq!(h, r.hash() as u32);
             out.push((r.to_row(), d))
         });
@@ -1052,7 +1194,7 @@ mod tests {
         assert_eq!(groups.table.len(), 2);
         // updates to a new key that cancel within the epoch leave no group behind
         out.clear();
-        apply(&mut groups, &aggregates, vec![(row(&[9, 1]), 1), (row(&[9, 1]), -1)], |r, h, d| {
+        apply(&mut groups, &aggregates, vec![(row(&[9, 1]), 1), (row(&[9, 1]), -1)], |r, h, _, d| {
             assert_eq!(h, r.hash() as u32);
             out.push((r.to_row(), d))
         });

@@ -257,8 +257,9 @@ impl ViewRuntime {
 
 /// A view's output on its way to the store: each row packed and hashed where it was
 /// computed, on its worker, so that neither the leader nor the store's writer copies
-/// or hashes it (see [`SharedRow`]).
-type Out = ((SharedRow, u32), Epoch, isize);
+/// or hashes it (see [`SharedRow`]); with its slot in the store's table (see
+/// [`Change::slot`]).
+type Out = ((SharedRow, u32, u32), Epoch, isize);
 
 /// What the leader hands the store's writer: applied in the order sent.
 enum Write {
@@ -800,11 +801,11 @@ fn publish(views: &mut [ViewRuntime], detectors: &mut [Detector], writer: &Write
             }
         }
         let size = |t: Epoch| sizes.iter().filter(|(epoch, _)| *epoch == t).map(|(_, n)| n).sum();
-        for ((row, hash), t, diff) in pending.drain(..) {
+        for ((row, hash, slot), t, diff) in pending.drain(..) {
             if t < complete_below {
-                ready.entry(t).or_insert_with(|| Vec::with_capacity(size(t))).push(Change { row, hash, diff });
+                ready.entry(t).or_insert_with(|| Vec::with_capacity(size(t))).push(Change { row, hash, slot, diff });
             } else {
-                output.push(((row, hash), t, diff));
+                output.push(((row, hash, slot), t, diff));
             }
         }
         drop(output);
@@ -922,8 +923,8 @@ fn changes_of<'s>(root: &Node, sources: &[Rows<'s>], scope: Scope<'s, Epoch>) ->
             input.for_each(|cap, updates| {
                 let mut session = output.session(&cap);
                 for (row, t, diff) in updates.drain(..) {
-                    let Change { row, hash, diff } = Change::new(row, diff);
-                    session.give(((row, hash), t, diff));
+                    let Change { row, hash, slot, diff } = Change::new(row, diff);
+                    session.give(((row, hash, slot), t, diff));
                 }
             })
         }

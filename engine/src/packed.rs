@@ -547,7 +547,8 @@ impl<'de> serde::Deserialize<'de> for SharedRow {
 /// apart instead, in two vectors (`Spilled`) after the first word: they
 /// move in and out whole, where copying a large group's entries into its allocation and
 /// out again for each merge took engine-hop 3% and nexmark-q7 6% more instructions.
-/// A group without entries has no allocation (its pointer dangles).
+/// A group without entries has no allocation (its pointer dangles), nor has a group
+/// whose one entry is in its row ([`GroupRow::in_row`]).
 pub struct GroupRow {
     words: NonNull<u64>,
 }
@@ -586,7 +587,7 @@ fn reallocate(words: NonNull<u64>, from: usize, to: usize) -> NonNull<u64> {
     // pointer of no words is dangling, never allocated nor freed
     let moved = unsafe {
         match (from, to) {
-            (0, 0) => return words,
+            (0, 0) => return NonNull::dangling(),
             (0, _) => alloc(new),
             (_, 0) => {
                 dealloc(words.as_ptr() as *mut u8, old);
@@ -604,7 +605,30 @@ fn head(entries: u32, width: usize) -> u64 {
     u64::from(entries) | (u64::try_from(width).ok().filter(|w| *w < 1 << 32).expect("fewer than 2^32 inputs") << 32)
 }
 
+/// The address of the handle of [`GroupRow::in_row`]`(n)`: `n` times this, never
+/// [`NonNull::dangling`]'s (8), and in the first page, which no allocation has.
+const IN_ROW: usize = 16;
+
 impl GroupRow {
+    /// A group whose `entries` entries (one or two, each of count 1) the grouping keeps
+    /// in the group's row, not here: it has no allocation and, here, no entries
+    /// (`aggregate::Groups::in_row`).
+    pub fn in_row(entries: usize) -> GroupRow {
+        assert!(matches!(entries, 1 | 2), "one or two entries in a row, not {entries}");
+        GroupRow { words: NonNull::new(std::ptr::without_provenance_mut(IN_ROW * entries)).expect("not null") }
+    }
+
+    /// How many entries the group's row holds (see [`GroupRow::in_row`]): none but for
+    /// such a group.
+    #[inline]
+    pub fn in_row_entries(&self) -> usize {
+        match self.words.as_ptr().addr() {
+            IN_ROW => 1,
+            a if a == 2 * IN_ROW => 2,
+            _ => 0,
+        }
+    }
+
     /// A group of entries of `width` values: one for each count, their values the row's
     /// first ones, moved in (`width` for each count; any after them are dropped).
     pub fn new(mut row: Row, width: usize, counts: &[isize]) -> GroupRow {
@@ -633,7 +657,7 @@ impl GroupRow {
     /// Its entries (or [`SPILLED`]) and their width: none without an allocation.
     #[inline]
     fn head(&self) -> (u32, usize) {
-        if self.words == NonNull::dangling() {
+        if self.words == NonNull::dangling() || self.in_row_entries() > 0 {
             return (0, 0);
         }
         // SAFETY: an allocation's first word is its head
@@ -826,7 +850,10 @@ impl GroupRow {
         // dropped once; then the allocation, of `words`, goes
         unsafe {
             match self.head() {
-                (0, _) => return,
+                (0, _) => {
+                    self.words = NonNull::dangling();
+                    return;
+                }
                 (SPILLED, _) => drop((self.words.as_ptr().add(1) as *const Spilled).read()),
                 _ => std::ptr::drop_in_place(self.values() as *const [Value] as *mut [Value]),
             }
@@ -996,6 +1023,22 @@ mod tests {
                 group.set_entries(counts, values, width);
                 model.truncate(2);
                 check(&group, &model);
+                if round == 1 {
+                    // (a group whose entry is in its row has none here, and none to free)
+                    group = GroupRow::in_row(1);
+                    assert!(group.in_row_entries() == 1 && group.counts().is_empty() && group.values().is_empty());
+                    model.clear();
+                    check(&group, &model);
+                    group.insert_entry(0, 1, &mut entry(1));
+                    model.push((1, entry(1)));
+                    assert_eq!(group.in_row_entries(), 0);
+                    check(&group, &model);
+                    group = GroupRow::in_row(2);
+                    assert!(group.in_row_entries() == 2 && group.counts().is_empty());
+                    let (counts, values) = group.take_entries();
+                    assert!(counts.is_empty() && values.is_empty() && group.in_row_entries() == 0, "no entries, and not in a row");
+                    model.clear();
+                }
                 if round == 0 {
                     // to no entries and back
                     while !model.is_empty() {

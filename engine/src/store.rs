@@ -31,13 +31,26 @@ use crate::value::{hash_row, spread, Row};
 /// ([`SharedRow`]), with the hash the change came with: the table neither copies nor
 /// hashes a row. The entries come from the system allocator, whose large blocks go
 /// back to the kernel when the table outgrows them (see `aggregate::Groups::table`).
+///
+/// A grouping's rows are not in the hash table: each is its group's one row while the
+/// group lives, and comes with the group's slot ([`Change::slot`]), where the table
+/// keeps it. A slot is 8 bytes, and is found without a hash or a compare; an entry of
+/// the hash table is 16 bytes, at a load between 0.44 and 0.88 (engine-window's state
+/// took ~16 bytes more per live row: docs/benchmarks.md).
 #[derive(Clone, Default)]
 struct Table {
     entries: hashbrown::HashTable<Entry, std::alloc::System>,
     /// The counts that do not fit an entry's 32 bits, whose entries hold [`WIDE`]: none
     /// unless a row has 2^31 copies.
     wide: Vec<(SharedRow, isize)>,
+    /// The rows that came with a slot, by slot, in chunks of [`SLOT_CHUNK`] (growing the
+    /// table moves no row), and how many there are.
+    slots: Vec<Vec<Option<SharedRow>>>,
+    slotted: usize,
 }
+
+/// Slots per chunk of [`Table::slots`].
+const SLOT_CHUNK: usize = 4096;
 
 #[derive(Clone)]
 struct Entry {
@@ -51,12 +64,32 @@ const WIDE: i32 = i32::MIN;
 
 impl Table {
     fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.slotted
     }
 
     /// Adds each change's count (`sign` = -1 subtracts them); rows that reach zero go.
-    fn apply(&mut self, changes: &[Change], sign: isize) {
-        for Change { row, hash, diff } in changes {
+    /// With `slots`, a change with a slot takes its row out of the slot (-1) or puts it
+    /// there (+1): the slots' retractions first, since a slot an epoch empties (a
+    /// group's old row, or a removed group's) may take another row in the same epoch.
+    /// Without, every row goes to the hash table (as the changes that adjust a copy of
+    /// the table to another epoch do: their counts may be anything).
+    fn apply(&mut self, changes: &[Change], sign: isize, slots: bool) {
+        assert!(sign == 1 || !slots, "a slot's row is added and taken away, not subtracted");
+        let slotted = |c: &Change| slots && c.slot != NO_SLOT;
+        // (one pass for a view without slots; a second for the slots' new rows)
+        let mut fills = false;
+        for c in changes {
+            if slotted(c) {
+                fills |= c.diff > 0;
+                if c.diff < 0 {
+                    let (chunk, at) = (c.slot as usize / SLOT_CHUNK, c.slot as usize % SLOT_CHUNK);
+                    let held = self.slots.get_mut(chunk).and_then(|chunk| chunk[at].take());
+                    assert!(c.diff == -1 && held.is_some_and(|row| row == c.row), "a slot's retraction is of the one row it holds");
+                    self.slotted -= 1;
+                }
+                continue;
+            }
+            let Change { row, hash, diff, .. } = c;
             let hash = *hash;
             match self.entries.entry(spread(hash), |e| e.hash == hash && e.row == *row, |e| spread(e.hash)) {
                 hashbrown::hash_table::Entry::Occupied(mut e) => {
@@ -75,6 +108,19 @@ impl Table {
                     e.insert(Entry { hash, count, row });
                 }
             }
+        }
+        if !fills {
+            return;
+        }
+        for c in changes.iter().filter(|c| slotted(c) && c.diff > 0) {
+            let (chunk, at) = (c.slot as usize / SLOT_CHUNK, c.slot as usize % SLOT_CHUNK);
+            while self.slots.len() <= chunk {
+                self.slots.push((0..SLOT_CHUNK).map(|_| None).collect());
+            }
+            let slot = &mut self.slots[chunk][at];
+            assert!(c.diff == 1 && slot.is_none(), "a slot takes one row at a time");
+            *slot = Some(c.row.clone());
+            self.slotted += 1;
         }
     }
 
@@ -101,9 +147,10 @@ impl Table {
         })
     }
 
-    /// Each row with its count.
-    fn iter(&self) -> impl Iterator<Item = (&Entry, isize)> {
-        self.entries.iter().map(|e| (e, Table::count_in(&self.wide, e)))
+    /// Each row with its hash, if the table keeps it (not a slot's), and its count.
+    fn iter(&self) -> impl Iterator<Item = (&SharedRow, Option<u32>, isize)> {
+        let slotted = self.slots.iter().flatten().flatten().map(|row| (row, None, 1));
+        self.entries.iter().map(|e| (&e.row, Some(e.hash), Table::count_in(&self.wide, e))).chain(slotted)
     }
 }
 
@@ -132,15 +179,22 @@ pub struct Change {
     pub row: SharedRow,
     /// The row's hash ([`hash_row`] with seed 0, cut to 32 bits).
     pub hash: u32,
+    /// Where the view's table keeps the row: [`NO_SLOT`], or its group's slot, for a
+    /// grouping's row (`aggregate::group_shared`), which adds the row (+1) once and
+    /// takes it away (-1) once, and no other row in that slot meanwhile.
+    pub slot: u32,
     /// How many copies of it the change adds (`+n`) or removes (`-n`).
     pub diff: isize,
 }
+
+/// The [`Change::slot`] of a row kept by its hash.
+pub const NO_SLOT: u32 = u32::MAX;
 
 impl Change {
     /// A change of `row`, packed (its values moved) and hashed.
     pub fn new(row: Row, diff: isize) -> Change {
         let hash = hash_row(&row, 0) as u32;
-        Change { row: SharedRow::new(row), hash, diff }
+        Change { row: SharedRow::new(row), hash, slot: NO_SLOT, diff }
     }
 }
 
@@ -378,7 +432,7 @@ impl LiveState {
         let table = if self.pending_rows > self.rows.len().max(PENDING_ROWS) { Some(Arc::make_mut(&mut self.rows)) } else { Arc::get_mut(&mut self.rows) };
         if let Some(table) = table {
             for c in self.pending.drain(..) {
-                table.apply(&c.changes, 1);
+                table.apply(&c.changes, 1, true);
             }
             self.pending_rows = 0;
             self.applied = last;
@@ -405,10 +459,10 @@ impl RowsAt {
         let RowsAt { rows, forward, later } = self;
         let mut adjust = Table::default();
         for c in &forward {
-            adjust.apply(&c.changes, 1);
+            adjust.apply(&c.changes, 1, false);
         }
         for c in &later {
-            adjust.apply(&c.changes, -1);
+            adjust.apply(&c.changes, -1, false);
         }
         let mut out = Vec::with_capacity(rows.len() + adjust.len());
         let mut push = |row: &PackedRow, n: isize| {
@@ -417,16 +471,17 @@ impl RowsAt {
             }
         };
         if adjust.entries.is_empty() {
-            for (e, n) in rows.iter() {
-                push(&e.row, n);
+            for (row, _, n) in rows.iter() {
+                push(row, n);
             }
         } else {
-            for (e, n) in rows.iter() {
-                let d = adjust.entries.find_entry(spread(e.hash), |a| a.hash == e.hash && a.row == e.row).map_or(0, |a| Table::count_in(&adjust.wide, &a.remove().0));
-                push(&e.row, n + d);
+            for (row, hash, n) in rows.iter() {
+                let hash = hash.unwrap_or_else(|| row.hash() as u32);
+                let d = adjust.entries.find_entry(spread(hash), |a| a.hash == hash && a.row == *row).map_or(0, |a| Table::count_in(&adjust.wide, &a.remove().0));
+                push(row, n + d);
             }
-            for (e, n) in adjust.iter() {
-                push(&e.row, n);
+            for (row, _, n) in adjust.iter() {
+                push(row, n);
             }
         }
         out.sort_unstable();
@@ -496,23 +551,45 @@ mod tests {
 
     #[test]
     fn counts_past_32_bits_are_kept_whole() {
-        let count = |t: &Table, r: &Row| t.iter().find(|(e, _)| e.row.equals(r)).map(|(_, n)| n);
+        let count = |t: &Table, r: &Row| t.iter().find(|(row, _, _)| row.equals(r)).map(|(_, _, n)| n);
         let big = i32::MAX as isize;
         let mut t = Table::default();
-        t.apply(&changes(vec![(row(1), big), (row(2), 1)]), 1);
-        t.apply(&changes(vec![(row(1), 3)]), 1);
+        t.apply(&changes(vec![(row(1), big), (row(2), 1)]), 1, false);
+        t.apply(&changes(vec![(row(1), 3)]), 1, false);
         assert_eq!((count(&t, &row(1)), count(&t, &row(2)), t.wide.len()), (Some(big + 3), Some(1), 1));
         let copy = t.clone();
-        t.apply(&changes(vec![(row(1), 4)]), -1);
+        t.apply(&changes(vec![(row(1), 4)]), -1, false);
         assert_eq!((count(&t, &row(1)), t.wide.len()), (Some(big - 1), 0));
         assert_eq!(count(&copy, &row(1)), Some(big + 3));
-        t.apply(&changes(vec![(row(1), big - 1)]), -1);
+        t.apply(&changes(vec![(row(1), big - 1)]), -1, false);
         assert_eq!(count(&t, &row(1)), None);
         // (the entries' marker of a wide count is itself a count that goes there)
-        t.apply(&changes(vec![(row(3), i32::MIN as isize), (row(4), -(big + 2))]), 1);
+        t.apply(&changes(vec![(row(3), i32::MIN as isize), (row(4), -(big + 2))]), 1, false);
         assert_eq!((count(&t, &row(3)), count(&t, &row(4)), t.wide.len()), (Some(i32::MIN as isize), Some(-(big + 2)), 2));
-        t.apply(&changes(vec![(row(3), i32::MIN as isize), (row(4), -(big + 2))]), -1);
+        t.apply(&changes(vec![(row(3), i32::MIN as isize), (row(4), -(big + 2))]), -1, false);
         assert_eq!((count(&t, &row(3)), count(&t, &row(4)), t.wide.len(), t.len()), (None, None, 0, 1));
+    }
+
+    #[test]
+    fn a_groupings_rows_are_kept_in_their_slots_and_listed_with_the_rest() {
+        let slotted = |r: Row, slot: u32, diff: isize| Change { slot, ..Change::new(r, diff) };
+        let v = view();
+        let (one, two) = (slotted(row(1), 0, 1), slotted(row(2), 5000, 1));
+        v.publish(1, vec![one.clone(), two, Change::new(row(9), 2)]);
+        // slot 0's row goes and another takes the slot, listed first; a new row in slot 1
+        v.publish(2, vec![slotted(row(3), 0, 1), Change { diff: -1, ..one }, slotted(row(4), 1, 1)]);
+        let state = v.lock();
+        assert_eq!((state.rows.slotted, state.rows.entries.len(), state.rows.slots.len()), (3, 1, 2));
+        drop(state);
+        assert_eq!(v.snapshot(), (2, rows(&[2, 3, 4, 9, 9])));
+        assert_eq!(v.rows_at(1), Some(rows(&[1, 2, 9, 9])), "later changes undone, slots or not");
+        let held = v.copy_at(2).expect("epoch 2 is kept");
+        v.publish(3, vec![slotted(row(3), 0, -1), slotted(row(5), 7, 1)]);
+        assert_eq!(v.rows_at(2), Some(rows(&[2, 3, 4, 9, 9])));
+        drop(held);
+        v.publish(4, vec![]);
+        assert_eq!(v.snapshot(), (4, rows(&[2, 4, 5, 9, 9])));
+        assert_eq!(v.lock().rows.slotted, 3);
     }
 
     #[test]
