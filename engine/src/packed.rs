@@ -608,6 +608,7 @@ fn head(entries: u32, width: usize) -> u64 {
 /// The address of the handle of [`GroupRow::in_row`]`(n)`: `n` times this, never
 /// [`NonNull::dangling`]'s (8), and in the first page, which no allocation has.
 const IN_ROW: usize = 16;
+const _: () = assert!(align_of::<u64>() < IN_ROW);
 
 impl GroupRow {
     /// A group whose `entries` entries (one or two, each of count 1) the grouping keeps
@@ -657,7 +658,8 @@ impl GroupRow {
     /// Its entries (or [`SPILLED`]) and their width: none without an allocation.
     #[inline]
     fn head(&self) -> (u32, usize) {
-        if self.words == NonNull::dangling() || self.in_row_entries() > 0 {
+        // (one compare for no allocation: a dangling handle, 8, or one in a row, 16 or 32)
+        if self.words.as_ptr().addr() <= 2 * IN_ROW {
             return (0, 0);
         }
         // SAFETY: an allocation's first word is its head
