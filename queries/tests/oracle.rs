@@ -87,6 +87,16 @@ const VIEWS: &[(&str, &str)] = &[
          count(*) FILTER (WHERE labels['region'] = 'eu') AS eu FROM events \
          GROUP BY upper(tenant), CASE WHEN value >= 50 THEN 'high' ELSE 'low' END",
     ),
+    (
+        // min and max of counts that change (retracted and replaced each epoch): groups of
+        // one or two entries kept in their rows, taken out and put back
+        "kind_count_spread",
+        "SELECT tenant, min(n) AS fewest, max(n) AS most, count(*) AS kinds FROM            (SELECT tenant, kind, count(*) AS n FROM events GROUP BY tenant, kind) per_kind          GROUP BY tenant",
+    ),
+    (
+        "value_range",
+        "SELECT kind, min(value) AS lo, max(value) AS hi, min(tenant) AS first_tenant FROM events GROUP BY kind",
+    ),
 ];
 
 const BASE: i64 = 1_795_000_000_000;
