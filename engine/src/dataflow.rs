@@ -454,6 +454,10 @@ fn dispatch(commands: Receiver<Command>, workers: &[(Sender<Command>, std::threa
 /// several rounds' rows and changes at once when a burst was queued: engine-window's
 /// memory beyond the raw data 354–369 bytes per live row against 306–317 with the bound,
 /// at the same speed: docs/benchmarks.md.)
+///
+/// Both are for all the workers together: each takes its share of a batch, and is
+/// bounded by its share of this. (Each bounded by the whole, 2 workers held twice the
+/// epochs in flight that 1 did.)
 const ROUND_EVENTS: usize = 100_000;
 
 /// One worker's loop: takes commands, feeds its inputs, steps the dataflow and (worker 0)
@@ -478,6 +482,7 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
     // (see `ROUND_EVENTS`)
     let mut in_flight: std::collections::VecDeque<(Epoch, usize)> = std::collections::VecDeque::new();
     let mut in_flight_events = 0;
+    let round_events = ROUND_EVENTS.div_ceil(worker.peers());
 
     loop {
         let busy = views.iter().any(|v| v.probe.less_than(v.time()));
@@ -489,7 +494,7 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
             in_flight.pop_front();
             in_flight_events -= n;
         }
-        let first = if in_flight_events >= ROUND_EVENTS {
+        let first = if in_flight_events >= round_events {
             None
         } else {
             match commands.try_recv() {
@@ -588,7 +593,7 @@ fn work(worker: &mut timely::worker::Worker, streams: &Arc<Vec<Stream>>, store: 
             // take more commands while they are queued, but keep stepping the worker, and
             // publishing: the store's writer works on one round's changes while the
             // dataflow computes the next
-            if !stop && handled < 64 && events < ROUND_EVENTS {
+            if !stop && handled < 64 && events < round_events {
                 next = commands.try_recv().ok();
             }
         }
