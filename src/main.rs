@@ -43,7 +43,7 @@ enum Command {
     },
     /// Run benchmark workloads on the real engine and print their figures (build with --release).
     Bench {
-        /// Workloads to run (default: all): engine-window, engine-hop, engine-distinct, engine-quota, engine-anomaly, ingest-http, freshness, recovery, nexmark-q0, -q1, -q2, -q5, -q7, snapshot (also reports sql).
+        /// Workloads to run (default: all): engine-window, engine-hop, engine-distinct, engine-quota, engine-anomaly, ingest-http, freshness, recovery, nexmark-q0, -q1, -q2, -q5, -q7, -q4, -q8, snapshot (also reports sql), archive.
         workloads: Vec<String>,
         /// Events per workload (generated: 1,000 tenants × 20 kinds).
         #[arg(long, default_value_t = 1_000_000)]

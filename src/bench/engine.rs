@@ -50,10 +50,23 @@ const RAW_SQL: &str = "CREATE VIEW bench AS SELECT tenant, count(*) AS n FROM re
 /// detector over it if given; the clock stops when the view (and the detector's output)
 /// reflects the last epoch.
 pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>, rows: &Arc<Vec<Row>>, workers: usize) -> anyhow::Result<Report> {
+    run_streams(workload, vec![stream], sql, detector, rows, |_| 0, workers)
+}
+
+/// [`run_on`] over several streams: row `i` of `rows` goes to stream `stream_of(i)`
+/// (each row of its stream's schema). Each batch of 10,000 rows is one epoch, its rows
+/// in a batch per stream.
+pub fn run_streams(workload: &str, streams: Vec<Stream>, sql: &str, detector: Option<&str>, rows: &[Row], stream_of: impl Fn(usize) -> usize, workers: usize) -> anyhow::Result<Report> {
+    run_view(workload, streams, sql, detector, rows, stream_of, workers).map(|(report, _)| report)
+}
+
+/// [`run_streams`], and the view's rows at the end (the detector's, if there is one).
+pub fn run_view(workload: &str, mut streams: Vec<Stream>, sql: &str, detector: Option<&str>, rows: &[Row], stream_of: impl Fn(usize) -> usize, workers: usize) -> anyhow::Result<(Report, Vec<Row>)> {
     let raw = std::env::var_os(RAW_DATA).is_some();
     let (sql, detector) = if raw { (RAW_SQL, None) } else { (sql, detector) };
-    let time_column = stream.time;
-    let streams = Arc::new(vec![stream, bench_streams().pop().expect("the rejected stream")]);
+    let time_columns: Vec<usize> = streams.iter().map(|s| s.time).collect();
+    streams.push(bench_streams().pop().expect("the rejected stream"));
+    let streams = Arc::new(streams);
     let store = Arc::new(ViewStore::default());
     let (tx, rx) = mpsc::channel();
     let worker = {
@@ -87,21 +100,26 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>,
 
     // build every command before the clock starts
     let mut commands = Vec::new();
-    let mut watermark = i64::MIN;
+    let mut watermarks = vec![i64::MIN; time_columns.len()];
     for (i, chunk) in rows.chunks(BATCH).enumerate() {
-        let events: Vec<Event> = chunk
-            .iter()
-            .map(|row| {
-                let ts = match row[time_column] {
-                    Value::Timestamp(t) => t,
-                    _ => 0,
-                };
-                watermark = watermark.max(ts);
-                Event { row: row.clone(), ts, late_by: 0, weight: 1 }
-            })
-            .collect();
+        let mut events: Vec<Vec<Event>> = time_columns.iter().map(|_| Vec::new()).collect();
+        for (j, row) in chunk.iter().enumerate() {
+            let stream = stream_of(i * BATCH + j);
+            let ts = match row[time_columns[stream]] {
+                Value::Timestamp(t) => t,
+                _ => 0,
+            };
+            watermarks[stream] = watermarks[stream].max(ts);
+            // (room for the whole chunk: one stream's events take it all, as one vector)
+            let into = &mut events[stream];
+            if into.capacity() == 0 {
+                into.reserve_exact(chunk.len());
+            }
+            into.push(Event { row: row.clone(), ts, late_by: 0, weight: 1 });
+        }
         let epoch = i as u64 + 1;
-        commands.push(Command::Ingest { epoch, batches: vec![Batch { epoch, stream: 0, events, watermark }] });
+        let batches = events.into_iter().enumerate().filter(|(_, e)| !e.is_empty()).map(|(stream, events)| Batch { epoch, stream, events, watermark: watermarks[stream] }).collect();
+        commands.push(Command::Ingest { epoch, batches });
     }
     let last = commands.len() as u64;
     let resident = super::rss_bytes();
@@ -116,11 +134,11 @@ pub fn run_on(workload: &str, stream: Stream, sql: &str, detector: Option<&str>,
     let seconds = start.elapsed().as_secs_f64();
     super::trace_threads(&ticks, &super::thread_ticks(), seconds);
     let grown = super::rss_bytes().saturating_sub(resident);
-    let live_rows = view.snapshot().1.len();
+    let live = view.snapshot().1;
     if raw {
         println!("raw {grown}");
     }
     let _ = tx.send(Command::Shutdown);
     let _ = worker.join();
-    Ok(Report::new(workload, rows.len(), seconds, Vec::new()).with_memory(live_rows, grown))
+    Ok((Report::new(workload, rows.len(), seconds, Vec::new()).with_memory(live.len(), grown), live))
 }
