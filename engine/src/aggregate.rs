@@ -561,13 +561,10 @@ fn one_entry_aggregates(aggregates: &[(Aggregate, Slot)], inputs: &[Value], n: i
 /// The `entries` entries (one or two) of a group whose row holds them (see [`InRow`]),
 /// each of count 1: its values at these positions after its key of `k`.
 fn out_of_row(row: &PackedRow, k: usize, in_row: &InRow, entries: usize) -> Group {
-    let mut values = Vec::with_capacity(in_row.one.len() * entries);
-    let mut take = |j: usize| row.extend_into(k + j..k + j + 1, &mut values);
     match (entries, in_row.two) {
-        (2, Some((lo, hi))) => [lo, hi].into_iter().for_each(&mut take),
-        _ => in_row.one.iter().for_each(|j| take(*j)),
+        (2, Some((lo, hi))) => GroupRow::of([row.value(k + lo), row.value(k + hi)], 1, &[1, 1]),
+        _ => GroupRow::of(in_row.one.iter().map(|j| row.value(k + j)), in_row.one.len(), &[1]),
     }
-    GroupRow::new(values, in_row.one.len(), &[1, 1][..entries])
 }
 
 /// Adds a change (`diff` times the row's inputs, after its key) to a group's running

@@ -280,6 +280,14 @@ impl PackedRow {
         borrow(self.tag(i), self.word(header_words(n) + i))
     }
 
+    /// The value at `i`, cloned.
+    #[inline]
+    pub fn value(&self, i: usize) -> Value {
+        let n = self.len();
+        assert!(i < n, "value {i} of a packed row of {n}");
+        copy(self.tag(i), self.word(header_words(n) + i))
+    }
+
     /// The row, unpacked (its values cloned).
     pub fn to_row(&self) -> Row {
         let mut row = Vec::with_capacity(self.len());
@@ -633,25 +641,40 @@ impl GroupRow {
     /// A group of entries of `width` values: one for each count, their values the row's
     /// first ones, moved in (`width` for each count; any after them are dropped).
     pub fn new(mut row: Row, width: usize, counts: &[isize]) -> GroupRow {
+        // (values moved out in place, not drained: a drain moves the values after them)
+        let m = counts.len() * width;
+        assert!(m <= row.len(), "{width} values for each of {} entries in a row of {}", counts.len(), row.len());
+        GroupRow::of(row[..m].iter_mut().map(|v| std::mem::replace(v, Value::Null)), width, counts)
+    }
+
+    /// A group of entries of `width` values: one for each count, their values the ones
+    /// `values` gives, `width` for each count (moved in).
+    pub fn of(values: impl IntoIterator<Item = Value>, width: usize, counts: &[isize]) -> GroupRow {
         let mut group = GroupRow { words: NonNull::dangling() };
         if counts.is_empty() {
             return group;
         }
         let m = counts.len() * width;
-        assert!(m <= row.len(), "{width} values for each of {} entries in a row of {}", counts.len(), row.len());
         let entries = u32::try_from(counts.len()).ok().filter(|e| *e != SPILLED).expect("fewer than 2^32 - 1 entries");
         let head = head(entries, width);
         group.words = reallocate(group.words, 0, 1 + counts.len() + VALUE_WORDS * m);
-        // SAFETY: the allocation has room for the first word, the counts and the values
+        let mut given = 0;
+        // SAFETY: the allocation has room for the first word, the counts and the `m`
+        // values, every one of them written (NULLs for any the iterator does not give)
         unsafe {
             let base = group.words.as_ptr();
             base.write(head);
             std::ptr::copy_nonoverlapping(counts.as_ptr() as *const u64, base.add(1), counts.len());
             let to = base.add(1 + counts.len()) as *mut Value;
-            for (j, v) in row[..m].iter_mut().enumerate() {
-                to.add(j).write(std::mem::replace(v, Value::Null));
+            for v in values.into_iter().take(m) {
+                to.add(given).write(v);
+                given += 1;
+            }
+            for j in given..m {
+                to.add(j).write(Value::Null);
             }
         }
+        assert_eq!(given, m, "{width} values for each of {} entries", counts.len());
         group
     }
 
@@ -902,6 +925,7 @@ mod tests {
                 assert_eq!(a, b);
             }
             assert!(packed.equals(&row));
+            assert!(row.iter().enumerate().all(|(i, v)| packed.value(i) == *v));
             assert_eq!(packed, packed.clone());
             let mut other = row.clone();
             if let Some(last) = other.last_mut() {
@@ -1057,6 +1081,15 @@ mod tests {
                 assert_eq!(Text::strong_count(&s), strings, "width {width}, round {round}");
             }
         }
+    }
+
+    #[test]
+    fn a_group_row_of_values_from_an_iterator_takes_as_many_as_its_entries_have() {
+        let group = GroupRow::of([Value::Int(1), Value::str("two"), Value::Int(3)], 1, &[1, 2]);
+        assert_eq!((group.counts(), group.values()), (&[1, 2][..], &[Value::Int(1), Value::str("two")][..]));
+        // (too few values: every one is written, NULLs for the missing, then it panics)
+        let short = std::panic::catch_unwind(|| GroupRow::of([Value::str("one")], 2, &[1]));
+        assert!(short.is_err());
     }
 
     #[test]
