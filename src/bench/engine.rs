@@ -60,7 +60,7 @@ pub fn run_streams(workload: &str, streams: Vec<Stream>, sql: &str, detector: Op
     run_view(workload, streams, sql, detector, rows, stream_of, workers).map(|(report, _)| report)
 }
 
-/// [`run_streams`], and the view's rows at the end (the detector's, if there is one).
+/// [`run_streams`], and the view's rows at the end (for checking them).
 pub fn run_view(workload: &str, mut streams: Vec<Stream>, sql: &str, detector: Option<&str>, rows: &[Row], stream_of: impl Fn(usize) -> usize, workers: usize) -> anyhow::Result<(Report, Vec<Row>)> {
     let raw = std::env::var_os(RAW_DATA).is_some();
     let (sql, detector) = if raw { (RAW_SQL, None) } else { (sql, detector) };
