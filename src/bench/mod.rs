@@ -371,9 +371,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(path) => load_input(path)?,
         None => generate(args.events),
     });
-    let mixed = |w: &String| nexmark::MIXED_QUERIES.iter().any(|(m, _)| m == w);
+    let mixed = |w: &str| nexmark::MIXED_QUERIES.iter().any(|(m, _)| *m == w);
     let bids = Arc::new(if workloads.iter().any(|w| w.starts_with("nexmark") && !mixed(w)) { nexmark::bids(args.events) } else { Vec::new() });
-    let nexmark_events = if workloads.iter().any(mixed) { nexmark::events(args.events) } else { Default::default() };
+    let nexmark_events = if workloads.iter().any(|w| mixed(w)) { nexmark::events(args.events) } else { Default::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut reports = Vec::new();
     println!("{:<16} {:>10} {:>8} {:>14} {:>9} {:>9} {:>9} {:>10}", "workload", "events", "seconds", "events/s", "p50 ms", "p99 ms", "max ms", "peak RSS");
@@ -397,7 +397,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             "snapshot" => runtime.block_on(snapshot::run(&events, workers))?,
             "archive" => runtime.block_on(archive::run(&events, workers))?,
-            w if mixed(&w.to_string()) => one(nexmark::run_mixed(w, &nexmark_events, workers)?),
+            w if mixed(w) => one(nexmark::run_mixed(w, &nexmark_events, workers)?),
             w if w.starts_with("nexmark-") => one(nexmark::run(w, &bids, workers)?),
             _ => unreachable!("checked above"),
         };
